@@ -51,15 +51,18 @@ def check_real(
     low: float = -math.inf,
     high: float = math.inf,
     low_inclusive: bool = True,
+    high_inclusive: bool = True,
 ) -> float:
-    """``value`` must be a finite real number in ``[low, high]`` (or ``(low, high]``)."""
+    """``value`` must be a finite real number in ``[low, high]``; either end may be open."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
     too_low = value < low if low_inclusive else value <= low
-    if math.isnan(value) or too_low or value > high:
-        bracket = "[" if low_inclusive else "("
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
+    too_high = value > high if high_inclusive else value >= high
+    if math.isnan(value) or too_low or too_high:
+        left = "[" if low_inclusive else "("
+        right = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value}")
     return value
 
 
