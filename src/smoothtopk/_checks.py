@@ -136,9 +136,10 @@ def check_input_target(input: Tensor, target: Tensor) -> tuple[int, int]:
 
 def check_class_counts(
     class_counts: Sequence[float] | Tensor, num_classes: int | None = None,
-    name: str = "class_counts",
+    name: str = "class_counts", *, allow_zero: bool = False,
 ) -> Tensor:
-    """Positive, finite, 1-D training counts per class, returned as a float64 CPU tensor."""
+    """Positive (``>= 0`` with ``allow_zero``), finite, 1-D training counts per class,
+    returned as a float64 CPU tensor."""
     if isinstance(class_counts, Tensor):
         counts = class_counts.detach().to("cpu", torch.float64)
     else:
@@ -153,8 +154,10 @@ def check_class_counts(
         raise ValueError(
             f"{name} must have one entry per class ({num_classes}), got {counts.numel()}"
         )
-    if not bool(torch.isfinite(counts).all()) or bool((counts <= 0).any()):
-        raise ValueError(f"{name} must be finite and > 0 for every class")
+    too_small = counts < 0 if allow_zero else counts <= 0
+    if not bool(torch.isfinite(counts).all()) or bool(too_small.any()):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound} for every class")
     return counts
 
 
