@@ -512,7 +512,7 @@ def test_bad_frequency_bin_arguments(counts, edges, exc, match) -> None:
         ((5, (1, 3, 1)), ValueError, "ks must not repeat"),
         ((5, 3), TypeError, "ks must be a sequence of ints"),
         ((5, (1.0,)), TypeError, r"ks\[0\] must be an int"),
-        ((0, (1,)), ValueError, r"num_classes must be in >= 1"),
+        ((0, (1,)), ValueError, r"num_classes must be >= 1"),
         ((5.0, (1,)), TypeError, "num_classes must be an int"),
         ((5,), ValueError, r"ks\[3\] must be in \[1, 5\]"),  # default ks include 10
     ],
