@@ -6,7 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-train}"
 python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[${extras}]"
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
