@@ -3,6 +3,19 @@
 The public API is re-exported here; see the README for an overview.
 """
 
+from smoothtopk import functional
+from smoothtopk.losses import (
+    LOSSES,
+    CalibratedTopKHingeLoss,
+    FocalLoss,
+    ImbalancedNoisedTopKLoss,
+    LDAMLoss,
+    NoisedTopKLoss,
+    TopKCvxHingeLoss,
+    TopKHingeLoss,
+    build_loss,
+    loss_requires_class_counts,
+)
 from smoothtopk.metrics import (
     FrequencyBinAccuracy,
     TopKMetrics,
@@ -22,12 +35,23 @@ from smoothtopk.ops import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "LOSSES",
+    "CalibratedTopKHingeLoss",
+    "FocalLoss",
     "FrequencyBinAccuracy",
+    "ImbalancedNoisedTopKLoss",
+    "LDAMLoss",
+    "NoisedTopKLoss",
     "SmoothKthLargest",
+    "TopKCvxHingeLoss",
+    "TopKHingeLoss",
     "TopKMetrics",
     "__version__",
     "accuracy_by_frequency_bin",
+    "build_loss",
+    "functional",
     "kth_largest",
+    "loss_requires_class_counts",
     "macro_topk_accuracy",
     "per_class_topk_accuracy",
     "smooth_kth_largest",
