@@ -31,12 +31,15 @@ from smoothtopk.ops import (
     smooth_topk_sum,
     topk_sum,
 )
+from smoothtopk.sets import AverageKSets, ConformalSets, TopKSets
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LOSSES",
+    "AverageKSets",
     "CalibratedTopKHingeLoss",
+    "ConformalSets",
     "FocalLoss",
     "FrequencyBinAccuracy",
     "ImbalancedNoisedTopKLoss",
@@ -46,6 +49,7 @@ __all__ = [
     "TopKCvxHingeLoss",
     "TopKHingeLoss",
     "TopKMetrics",
+    "TopKSets",
     "__version__",
     "accuracy_by_frequency_bin",
     "build_loss",
