@@ -278,6 +278,7 @@ def test_linear_and_mlp_sizes() -> None:
     mlp = build_model("mlp", 10, (64,), hidden=(32,))
     assert n_params(mlp) == 64 * 32 + 32 + 2 * 32 + 32 * 10 + 10
     assert isinstance(mlp, MLP)
+    mlp.train()(torch.randn(1, 64)).sum().backward()  # a batch of one sample trains
 
 
 @pytest.mark.parametrize(

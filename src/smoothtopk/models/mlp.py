@@ -12,11 +12,12 @@ from .base import Classifier, check_input_shape
 
 
 class MLP(Classifier):
-    """Flatten, then ``hidden`` blocks Linear-BatchNorm-ReLU(-Dropout), then a linear head.
+    """Flatten, then ``hidden`` blocks Linear-LayerNorm-ReLU(-Dropout), then a linear head.
 
     With ``hidden=()`` this is a linear (multinomial logistic) model on the flattened
     input. ``input_shape`` may be ``(d,)`` or ``(C, H, W)`` (images are flattened, so their
-    size is then fixed).
+    size is then fixed). LayerNorm rather than BatchNorm, so that any batch size, including
+    a last batch of one sample, trains.
 
     Args:
         input_shape: shape of one sample, ``(d,)`` or ``(C, H, W)``.
@@ -49,7 +50,7 @@ class MLP(Classifier):
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(self.input_shape)
         for h in widths:
-            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU(inplace=True)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = h
