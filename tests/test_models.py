@@ -35,15 +35,6 @@ CASES = [
 COSINE_CASES = [c for c in CASES if c[0] not in ("densenet_bc_40_40", "densenet40", "resnet50")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions run far faster on one thread than on several oversubscribed ones
-    (the suite shares its cores); restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -15,15 +15,6 @@ LISTING = Path(__file__).parent / "data" / "torchvision_resnet50_state_dict.md"
 ROW = re.compile(r"\| `([\w.]+)` \| `\(([\d, ]*)\)` \| ([\d,]+) \|")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions run far faster on one thread than on several oversubscribed ones
-    (the suite shares its cores); restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def read_listing() -> list[tuple[str, tuple[int, ...], int]]:
     rows = []
