@@ -105,10 +105,17 @@ def _kth_largest_with_index(t: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values[..., -1], indices[..., -1]
 
 
-def _draw_noise(x2d: Tensor, n_samples: int, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(
+def _perturb(
+    x2d: Tensor, epsilon: float, n_samples: int, generator: torch.Generator | None,
+    noise: Tensor | None,
+) -> Tensor:
+    """``x2d + epsilon * Z`` of shape ``(B, R, C)``, with the given ``Z`` or fresh draws."""
+    if noise is not None:
+        return torch.add(x2d, noise, alpha=epsilon)
+    draws = torch.randn(
         (n_samples, *x2d.shape), generator=generator, device=x2d.device, dtype=x2d.dtype
     )
+    return draws.mul_(epsilon).add_(x2d)  # in place: the draws are not needed afterwards
 
 
 def _perturbed_kth_reference(
@@ -125,9 +132,7 @@ def _perturbed_kth_reference(
     ``x2d``: ``(R, C)``; ``noise``: ``(B, R, C)`` standard-normal draws or ``None`` (drawn
     here with ``generator``). Returns ``values (R, B)`` and ``indices (R, B)`` (int64).
     """
-    if noise is None:
-        noise = _draw_noise(x2d, n_samples, generator)
-    perturbed = x2d.unsqueeze(0) + epsilon * noise  # (B, R, C)
+    perturbed = _perturb(x2d, epsilon, n_samples, generator, noise)  # (B, R, C)
     values, indices = _kth_largest_with_index(perturbed, k)  # (B, R)
     return values.transpose(0, 1), indices.transpose(0, 1)
 
@@ -200,9 +205,7 @@ def smooth_topk_sum(
     if epsilon == 0.0:
         return topk_sum(x, k, dim)
     with torch.no_grad():
-        if noise2d is None:
-            noise2d = _draw_noise(x2d, n_samples, generator)
-        perturbed = x2d.unsqueeze(0) + epsilon * noise2d  # (B, R, C)
+        perturbed = _perturb(x2d, epsilon, n_samples, generator, noise2d)  # (B, R, C)
         values, indices = torch.topk(perturbed, k, dim=-1)  # (B, R, k)
         rows = x2d.shape[0]
         values = values.permute(1, 0, 2).reshape(rows, -1)

@@ -1,0 +1,239 @@
+"""Speed of the losses: forward + backward, as a ratio to ``F.cross_entropy``.
+
+One process, every contender timed in the same run on the same inputs (design.md §4):
+scores ``(N, C)`` drawn from N(0, 1), N = 256, C in {100, 1081, 10000}, K = 5, B = 5,
+ε = 1; the median over ``--repeats`` measurements after warm-up, contenders interleaved
+round-robin so that load changes on a shared machine hit them alike. The table gives
+each contender's median time divided by that of ``F.cross_entropy`` (absolute times are
+noise on shared machines; the ratios are the figure).
+
+``--regime peaked`` adds 8 to the label's score and to 4 other scores of each row and
+uses ε = 0.1: a trained network's peaked scores, where only a few classes compete.
+
+Contenders: ``F.cross_entropy``, every loss of :data:`smoothtopk.losses.LOSSES` (built
+with the keyword arguments of the setting that its factory accepts), and the peers
+``pytopk.BalNoisedTopK`` / ``pytopk.ImbalNoisedTopK`` when installed. To add one::
+
+    @contender("my_loss")
+    def _my_loss(setting: Setting) -> LossFn | None:  # None: not available here
+        return MyLoss(k=setting.k).to(setting.device)
+
+Run: ``python benchmarks/bench_losses.py [--sizes 100 1081 10000] [--repeats 30]
+[--device cpu] [--threads T] [--regime normal|peaked] [--only REGEX] [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from smoothtopk.losses import LOSSES, build_loss
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a contender factory may use to build its loss."""
+
+    num_classes: int
+    k: int
+    n_samples: int
+    epsilon: float
+    class_counts: Tensor  # (C,) int64, long-tailed training counts
+    device: torch.device
+
+
+CONTENDERS: dict[str, Callable[[Setting], LossFn | None]] = {}
+BASELINE = "F.cross_entropy"
+
+
+def contender(name: str):
+    """Register ``factory(setting) -> loss_fn | None`` under ``name``."""
+
+    def register(factory: Callable[[Setting], LossFn | None]):
+        CONTENDERS[name] = factory
+        return factory
+
+    return register
+
+
+@contender(BASELINE)
+def _cross_entropy(setting: Setting) -> LossFn:
+    return F.cross_entropy
+
+
+def _from_registry(name: str) -> Callable[[Setting], LossFn]:
+    def factory(setting: Setting) -> LossFn:
+        offered = {"k": setting.k, "epsilon": setting.epsilon,
+                   "n_samples": setting.n_samples, "class_counts": setting.class_counts}
+        params = inspect.signature(LOSSES[name]).parameters
+        kwargs = {key: value for key, value in offered.items() if key in params}
+        return build_loss(name, **kwargs).to(setting.device)
+
+    return factory
+
+
+for _name in LOSSES:
+    contender(f"build_loss('{_name}')")(_from_registry(_name))
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@contender("pytopk.BalNoisedTopK")
+def _pytopk_bal(setting: Setting) -> LossFn | None:
+    if not _has("pytopk"):
+        return None
+    import pytopk
+
+    return pytopk.BalNoisedTopK(k=setting.k, epsilon=setting.epsilon,
+                                n_sample=setting.n_samples).to(setting.device)
+
+
+@contender("pytopk.ImbalNoisedTopK")
+def _pytopk_imbal(setting: Setting) -> LossFn | None:
+    if not _has("pytopk"):
+        return None
+    import pytopk
+
+    return pytopk.ImbalNoisedTopK(
+        k=setting.k, epsilon=setting.epsilon, max_m=0.2,
+        cls_num_list=setting.class_counts.tolist(), scale=60.0, n_sample=setting.n_samples,
+    ).to(setting.device)
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+def long_tailed_counts(num_classes: int) -> Tensor:
+    """Zipf-like training counts, from 2000 down to 1 image per class."""
+    ranks = torch.arange(1, num_classes + 1, dtype=torch.float64)
+    return (2000.0 * ranks ** -1.1).clamp_min(1.0).round().long()
+
+
+def make_inputs(n: int, c: int, regime: str, device: torch.device, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(n, c, generator=gen)
+    target = torch.randint(0, c, (n,), generator=gen)
+    if regime == "peaked":
+        # the label and 4 other classes (distinct) get +8
+        others = torch.rand(n, c, generator=gen).scatter(1, target[:, None], -1.0)
+        boosted = torch.cat([target[:, None], others.topk(min(4, c - 1), dim=1).indices], 1)
+        scores.scatter_add_(1, boosted, torch.full(boosted.shape, 8.0))
+    return scores.to(device), target.to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _run(fn: LossFn, scores: Tensor, target: Tensor, number: int) -> float:
+    """Seconds per forward + backward, averaged over ``number`` calls."""
+    _sync(scores.device)
+    start = time.perf_counter()
+    for _ in range(number):
+        scores.grad = None
+        fn(scores, target).backward()
+    _sync(scores.device)
+    return (time.perf_counter() - start) / number
+
+
+def time_contenders(fns: dict[str, LossFn], scores: Tensor, target: Tensor, repeats: int,
+                    min_time: float = 5e-3) -> dict[str, float]:
+    """Median seconds per call of each contender, measured round-robin."""
+    x = scores.detach().clone().requires_grad_()
+    numbers = {}
+    for name, fn in fns.items():
+        _run(fn, x, target, 2)  # warm-up
+        once = _run(fn, x, target, 1)
+        numbers[name] = max(1, int(min_time / max(once, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            samples[name].append(_run(fn, x, target, numbers[name]))
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def format_table(results: dict[int, dict[str, float]]) -> str:
+    sizes = sorted(results)
+    names = list(next(iter(results.values())))
+    head = "| loss | " + " | ".join(f"C = {c}" for c in sizes) + " |"
+    rule = "| --- |" + " ---: |" * len(sizes)
+    lines = [head, rule]
+    for name in names:
+        cells = []
+        for c in sizes:
+            ratio = results[c][name] / results[c][BASELINE]
+            cells.append(f"{ratio:.1f}x" if name != BASELINE
+                         else f"1x ({1e3 * results[c][name]:.3g} ms)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1081, 10000],
+                        help="numbers of classes C")
+    parser.add_argument("--batch", type=int, default=256, help="rows N")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--n-samples", type=int, default=5, help="noise draws B")
+    parser.add_argument("--repeats", type=int, default=15,
+                        help="timed measurements per contender (median reported)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--regime", choices=["normal", "peaked"], default="normal")
+    parser.add_argument("--only", default=None,
+                        help="regular expression: time only the matching contenders")
+    parser.add_argument("--out", default=None, help="also write the table to this file")
+    args = parser.parse_args(argv)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    epsilon = 1.0 if args.regime == "normal" else 0.1
+    results: dict[int, dict[str, float]] = {}
+    for c in args.sizes:
+        setting = Setting(c, args.k, args.n_samples, epsilon, long_tailed_counts(c), device)
+        fns: dict[str, LossFn] = {}
+        for name, factory in CONTENDERS.items():
+            if name != BASELINE and args.only and not re.search(args.only, name):
+                continue
+            fn = factory(setting)
+            if fn is not None:
+                fns[name] = fn
+        scores, target = make_inputs(args.batch, c, args.regime, device)
+        results[c] = time_contenders(fns, scores, target, args.repeats)
+        print(f"C = {c}: done", file=sys.stderr, flush=True)
+
+    header = (
+        f"Forward + backward time / F.cross_entropy; N = {args.batch}, K = {args.k}, "
+        f"B = {args.n_samples}, eps = {epsilon}, regime = {args.regime}, "
+        f"median of {args.repeats}; torch {torch.__version__}, device {device}, "
+        f"{torch.get_num_threads()} threads, {platform.machine()}."
+    )
+    text = header + "\n\n" + format_table(results) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
