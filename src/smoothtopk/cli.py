@@ -45,6 +45,8 @@ _HELP = {
                "mean_top1",
     "eval_ks": "K values evaluated (those <= number of classes)",
     "seed": "random seed",
+    "threads": "CPU threads of torch (default: torch's choice; 1 is fastest for small "
+               "models on a busy machine)",
     "accelerator": "cpu, gpu, auto, ...",
     "devices": "number of devices (processes) per node, or auto",
     "num_nodes": "number of nodes (multi-node DDP)",
@@ -146,8 +148,8 @@ def _print_summary(run_dir: Path) -> None:
 def _cmd_test(args: argparse.Namespace) -> int:
     from .train.run import evaluate
 
-    keys = ("data", "data_root", "batch_size", "num_workers", "accelerator", "devices",
-            "num_nodes", "strategy", "precision", "progress", "data_kwargs")
+    keys = ("data", "data_root", "batch_size", "num_workers", "threads", "accelerator",
+            "devices", "num_nodes", "strategy", "precision", "progress", "data_kwargs")
     overrides = _overrides(args, keys)
     results = evaluate(args.checkpoint, args.split, overrides, args.out)
     if results:
@@ -177,7 +179,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"{name}: {experiment['title']} ({len(experiment['runs'])} runs)")
         return 0
     keys = ("data_root", "epochs", "accelerator", "devices", "num_nodes", "strategy",
-            "precision", "progress", "batch_size", "num_workers")
+            "precision", "progress", "batch_size", "num_workers", "threads", "model_kwargs")
     reproduce(args.experiment, args.seeds, args.out, _overrides(args, keys))
     return 0
 
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--out", help="folder for predictions_<split>.pt and metrics_<split>.json")
     _add_config_flags(p, ["data", "data_root", "data_kwargs", "batch_size", "num_workers",
-                          "accelerator", "devices", "num_nodes", "strategy", "precision",
+                          "threads", "accelerator", "devices", "num_nodes", "strategy", "precision",
                           "progress"])
     p.set_defaults(func=_cmd_test)
 
@@ -265,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--out", default="runs/reproduce", help="folder of the run folders")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
-    _add_config_flags(p, ["data_root", "epochs", "batch_size", "num_workers", "accelerator",
-                          "devices", "num_nodes", "strategy", "precision", "progress"])
+    _add_config_flags(p, ["data_root", "epochs", "batch_size", "num_workers", "threads",
+                          "model_kwargs", "accelerator", "devices", "num_nodes", "strategy",
+                          "precision", "progress"])
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("sets", help="set-valued evaluation of a run folder",

@@ -64,6 +64,7 @@ class TrainConfig:
     eval_ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
     # engine
     seed: int = 0
+    threads: int | None = None
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = 1
@@ -86,12 +87,13 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "num_workers": (int,), "model": (str,), "model_kwargs": (dict,), "cosine_head": (bool,),
     "loss": (str,), "k": (int,), "n_samples": (int,), "loss_kwargs": (dict,),
     "epochs": (int,), "milestones": (list,), "monitor": (str,), "eval_ks": (list,),
-    "seed": (int,), "accelerator": (str,), "devices": (int, str), "num_nodes": (int,),
+    "seed": (int,), "threads": (int,), "accelerator": (str,), "devices": (int, str),
+    "num_nodes": (int,),
     "strategy": (str,), "precision": (str,), "progress": (str,), "out": (str,), "label": (str,),
     **{name: (float, int) for name in _FLOAT_FIELDS},
 }
-_NULLABLE = {"label", "data_root", "epsilon", "n_samples", "margin", "tau", "alpha", "gamma",
-             "max_margin", "scale"}
+_NULLABLE = {"threads", "label", "data_root", "epsilon", "n_samples", "margin", "tau",
+             "alpha", "gamma", "max_margin", "scale"}
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
@@ -134,6 +136,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         if getattr(config, key) < (0 if key == "epochs" else 1):
             raise ConfigError(f"{key} must be >= {0 if key == 'epochs' else 1}, "
                               f"got {getattr(config, key)}")
+    if config.threads is not None and config.threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {config.threads}")
     if config.num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {config.num_workers}")
     if config.lr < 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:

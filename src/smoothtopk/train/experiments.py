@@ -55,11 +55,19 @@ def load_experiment(name: str, root: Path | None = None) -> dict[str, Any]:
 
 def run_configs(experiment: dict[str, Any], seeds: Sequence[int], out: Path,
                 overrides: dict[str, Any]) -> list[TrainConfig]:
-    """Resolved configuration of every (run file, seed), output folders filled in."""
+    """Resolved configuration of every (run file, seed), output folders filled in.
+
+    Runs of a loss that is not registered in :data:`smoothtopk.losses.LOSSES` are left
+    out (the list of losses grows with the package).
+    """
+    from ..losses import LOSSES
+
     configs = []
     for path in experiment["runs"]:
         for seed in seeds:
             base = load_config(path, **overrides, seed=seed)
+            if base.loss not in LOSSES:
+                continue
             label = base.label or path.stem
             run_out = out / experiment["name"] / label / f"seed{seed}"
             configs.append(load_config(path, **overrides, seed=seed, label=label,
@@ -93,7 +101,9 @@ def reproduce(
     experiment = load_experiment(name)
     overrides = {"progress": "epoch", **(overrides or {})}
     configs = run_configs(experiment, seeds, Path(out), overrides)
-    log(f"{experiment['title']}: {len(configs)} runs -> {Path(out) / name}")
+    skipped = len(experiment["runs"]) * len(seeds) - len(configs)
+    log(f"{experiment['title']}: {len(configs)} runs -> {Path(out) / name}"
+        + (f" ({skipped} left out: loss not available)" if skipped else ""))
     start = time.perf_counter()
     for i, config in enumerate(configs, start=1):
         prefix = f"[{i}/{len(configs)}] {config.label} seed {config.seed}: "

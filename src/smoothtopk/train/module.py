@@ -77,6 +77,7 @@ class TopKClassifier(pl.LightningModule):
         self.collected: dict[str, Tensor] = {}
         self._outputs: list[tuple[Tensor, Tensor]] = []
         self._epoch_start = 0.0
+        self._epoch_lr = lr
         self.run_config: dict[str, Any] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -96,6 +97,7 @@ class TopKClassifier(pl.LightningModule):
     # --- training -------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
+        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -143,7 +145,7 @@ class TopKClassifier(pl.LightningModule):
             return
         train_values = self.train_metrics.compute()
         record = {"epoch": int(self.current_epoch),
-                  "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
+                  "lr": self._epoch_lr,
                   "train_loss": float(self.train_loss.compute())}
         record.update({f"train_{name}": float(value) for name, value in train_values.items()
                        if name.startswith(("top", "macro_top"))})

@@ -10,10 +10,11 @@ Run folder layout::
       predictions_val.pt      {"logits": float32 (N, C), "targets": int64 (N,)}, best ckpt
       predictions_test.pt     same, test split
       figures/*.png           learning curves, accuracy by frequency bin, Lorenz curve
-      logs/metrics.csv        the engine's per-epoch log
+      logs/version_<i>/       the engine's per-epoch log (metrics.csv), one per session
 
-Lightning writes checkpoints atomically (serialised in memory, written to a temporary
-file, then renamed), so an interrupted run leaves its last complete checkpoint loadable.
+Checkpoints are written atomically (:mod:`smoothtopk.train.checkpoint`: a temporary file
+beside the target, then a rename), so an interrupted run leaves its last complete
+checkpoint loadable.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def build_trainer(config: TrainConfig, run_dir: Path | None, callbacks: Sequence
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
+    from .checkpoint import AtomicCheckpointIO
+
     callbacks = list(callbacks)
     if config.progress == "bar":
         callbacks.append(TQDMProgressBar(refresh_rate=10, leave=True))
@@ -131,7 +134,7 @@ def build_trainer(config: TrainConfig, run_dir: Path | None, callbacks: Sequence
         callbacks.append(EpochLine(prefix))
     logger: Any = False
     if run_dir is not None:
-        logger = CSVLogger(save_dir=str(run_dir), name="logs", version="")
+        logger = CSVLogger(save_dir=str(run_dir), name="logs")  # a version per session
     try:
         return pl.Trainer(
             max_epochs=max_epochs if max_epochs is not None else config.epochs,
@@ -139,7 +142,7 @@ def build_trainer(config: TrainConfig, run_dir: Path | None, callbacks: Sequence
             num_nodes=config.num_nodes, strategy=config.strategy,
             precision=config.precision, callbacks=callbacks, logger=logger,
             enable_progress_bar=config.progress == "bar", enable_model_summary=False,
-            num_sanity_val_steps=0, log_every_n_steps=10**9,
+            num_sanity_val_steps=0, log_every_n_steps=10**9, plugins=[AtomicCheckpointIO()],
             default_root_dir=str(run_dir) if run_dir is not None else None,
         )
     except Exception as err:  # Lightning's MisconfigurationException and ValueErrors
@@ -176,6 +179,8 @@ def train(
         if not overwrite:
             raise ConfigError(f"run folder {run_dir} exists and is not empty; pass --resume "
                               "to continue it, --overwrite to replace it, or another --out")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = build_datamodule(config)
     module = build_module(config, datamodule)
@@ -320,6 +325,8 @@ def evaluate(
     checkpoint = load_checkpoint(path)
     config = merge(config_from_checkpoint(checkpoint, path), dict(overrides or {}),
                    "the command line")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     datamodule = build_datamodule(config)
     module = build_module(config, datamodule)
     check_compatible(module, checkpoint, path)
