@@ -154,8 +154,9 @@ def _run(fn: LossFn, scores: Tensor, target: Tensor, number: int) -> float:
 
 
 def time_contenders(fns: dict[str, LossFn], scores: Tensor, target: Tensor, repeats: int,
-                    min_time: float = 5e-3) -> dict[str, float]:
-    """Median seconds per call of each contender, measured round-robin."""
+                    min_time: float = 0.02) -> dict[str, float]:
+    """Median seconds per call of each contender, measured round-robin; each measurement
+    averages enough calls to last about ``min_time`` seconds."""
     x = scores.detach().clone().requires_grad_()
     numbers = {}
     for name, fn in fns.items():
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--regime", choices=["normal", "peaked"], default="normal")
+    parser.add_argument("--min-time", type=float, default=0.02,
+                        help="seconds that one measurement lasts at least (calls averaged)")
     parser.add_argument("--only", default=None,
                         help="regular expression: time only the matching contenders")
     parser.add_argument("--out", default=None, help="also write the table to this file")
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> str:
             if fn is not None:
                 fns[name] = fn
         scores, target = make_inputs(args.batch, c, args.regime, device)
-        results[c] = time_contenders(fns, scores, target, args.repeats)
+        results[c] = time_contenders(fns, scores, target, args.repeats, args.min_time)
         print(f"C = {c}: done", file=sys.stderr, flush=True)
 
     header = (
