@@ -45,10 +45,10 @@ class SyntheticConfig:
     num_classes: int = 200
     genus_size: int = 5
     dim: int = 64
-    genus_spread: float = 1.0
-    class_spread: float = 0.25
+    genus_spread: float = 0.6
+    class_spread: float = 0.12
     modes_per_class: int = 2
-    mode_spread: float = 0.5
+    mode_spread: float = 0.12
     count_median: float = 8.0
     count_sigma: float = 2.4
     count_min: int = 2
