@@ -132,9 +132,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(run_dir: Path) -> None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from .train.run import read_metrics
 
-    if not (run_dir / "metrics.json").is_file():  # not the main process under DDP
+    if rank_zero_only.rank != 0:  # the other processes of a DDP run
         return
     metrics = read_metrics(run_dir)
     test = metrics["test"]

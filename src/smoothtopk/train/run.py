@@ -175,10 +175,6 @@ def train(
     last = ckpt_dir / "last.ckpt"
     if resume and not last.is_file():
         raise ConfigError(f"cannot resume: no checkpoint {last}")
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"run folder {run_dir} exists and is not empty; pass --resume "
-                              "to continue it, --overwrite to replace it, or another --out")
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     pl.seed_everything(config.seed, workers=True, verbose=False)
@@ -188,11 +184,19 @@ def train(
         check_compatible(module, load_checkpoint(last), last)
     checkpoint = ModelCheckpoint(
         dirpath=str(ckpt_dir), filename="best", monitor=module.monitor, mode="max",
-        save_top_k=1, save_last=True, auto_insert_metric_name=False,
-        enable_version_counter=False,
+        save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
     )
-    trainer = build_trainer(config, run_dir, [checkpoint, *callbacks], prefix=prefix)
+    # Lightning's save_last only writes when the best one was written in the same step:
+    # a second, unmonitored callback rewrites last.ckpt after every epoch.
+    latest = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1,
+                             enable_version_counter=False)
+    trainer = build_trainer(config, run_dir, [checkpoint, latest, *callbacks], prefix=prefix)
+    # Only the main process checks and prepares the folder: under DDP the other processes
+    # are started later (inside fit) and find it already made.
     if trainer.is_global_zero:
+        if not resume and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+            raise ConfigError(f"run folder {run_dir} exists and is not empty; pass --resume "
+                              "to continue it, --overwrite to replace it, or another --out")
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
