@@ -25,6 +25,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
 from smoothtopk._checks import check_generator, check_int, check_k, check_real
+from smoothtopk.perturbed import sample_perturbed_kth
 
 __all__ = [
     "SmoothKthLargest",
@@ -241,9 +242,12 @@ def smooth_kth_largest(
     if epsilon == 0.0:
         return kth_largest(x, k, dim)
     with torch.no_grad():
-        values, indices = _perturbed_kth_reference(
-            x2d, k, epsilon, n_samples, generator, noise2d
-        )
+        if noise2d is None:  # same law, a few draws per row (smoothtopk.perturbed)
+            values, indices = sample_perturbed_kth(x2d, k, epsilon, n_samples, generator)
+        else:
+            values, indices = _perturbed_kth_reference(
+                x2d, k, epsilon, n_samples, generator, noise2d
+            )
     out = _SelectedSum.apply(x2d, values, indices, 1.0 / n_samples)
     return out.reshape(out_shape)
 

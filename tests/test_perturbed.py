@@ -1,0 +1,214 @@
+"""Tests of the exact fast sampler ``smoothtopk.perturbed.sample_perturbed_kth``.
+
+Two kinds of checks against the straightforward definition (every Gaussian drawn, then the
+k-th largest of each perturbed row), written here in float64 loops-free brute force and
+also taken from ``smoothtopk.ops._perturbed_kth_reference``:
+
+* given the same draws (``noise=``), the pruning (candidates, threshold, exceedances) must
+  return bit for bit the reference's values and columns, on adversarial inputs;
+* sampling its own draws, the law must match: means and variances of the values and the
+  per-column selection frequencies within 4 standard errors (two independent samples).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from smoothtopk import perturbed
+from smoothtopk.functional import noised_topk_loss
+from smoothtopk.ops import _perturbed_kth_reference, smooth_kth_largest
+from smoothtopk.perturbed import _exceedance_columns, sample_perturbed_kth
+
+Z_MAX = 4.0  # standard errors allowed in every statistical comparison
+
+
+def _brute_force(x: torch.Tensor, k: int, epsilon: float, noise: torch.Tensor):
+    """k-th largest of each row of x + ε·noise, by a full sort in float64."""
+    perturbed = x.double().unsqueeze(0) + epsilon * noise.double()
+    order = torch.sort(perturbed, dim=-1, descending=True, stable=True)
+    return order.values[..., k - 1].t(), order.indices[..., k - 1].t()
+
+
+def _adversarial(name: str, rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
+    if name == "normal":
+        return torch.randn(rows, cols, generator=gen)
+    if name == "flat":  # every class tied: candidates are an arbitrary subset of ties
+        return torch.zeros(rows, cols)
+    if name == "ties":  # few distinct values, ties across the candidate boundary
+        return torch.randint(0, 4, (rows, cols), generator=gen).float()
+    if name == "peaked":  # a trained network's scores: a few classes far ahead
+        x = torch.randn(rows, cols, generator=gen)
+        x[:, :5] += 8.0
+        return x
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize("scores", ["normal", "flat", "ties", "peaked"])
+@pytest.mark.parametrize("epsilon", [1e-6, 0.1, 1.0, 1e3])
+@pytest.mark.parametrize(("cols", "k", "n_candidates"),
+                         [(7, 1, None), (40, 3, None), (300, 6, None), (300, 6, 6)])
+def test_equals_reference_given_noise(scores, epsilon, cols, k, n_candidates):
+    gen = torch.Generator().manual_seed(cols + k)
+    x = _adversarial(scores, 16, cols, gen)
+    noise = torch.randn(5, 16, cols, generator=gen)
+    values, indices = sample_perturbed_kth(x, k, epsilon, 5, noise=noise,
+                                           n_candidates=n_candidates)
+    ref_values, ref_indices = _perturbed_kth_reference(x, k, epsilon, 5, None, noise)
+    assert torch.equal(values, ref_values)
+    _assert_same_or_tied(x, noise, epsilon, indices, ref_indices)
+    # and the reference itself is the brute-force definition
+    bf_values, bf_indices = _brute_force(x, k, epsilon, noise)
+    torch.testing.assert_close(values.double(), bf_values, rtol=0, atol=1e-6 * (1 + epsilon))
+    if scores != "ties":  # float64 has no rounding ties
+        assert torch.equal(indices, bf_indices)
+
+
+def _assert_same_or_tied(x, noise, epsilon, indices, ref_indices):
+    """Same column, or (float32 rounding made the perturbed entries equal) an entry with
+    the same perturbed value: torch.topk breaks such ties by position in its input."""
+    full = torch.add(x, noise, alpha=epsilon)  # (B, R, C)
+    got = full.gather(-1, indices.t().unsqueeze(-1))
+    ref = full.gather(-1, ref_indices.t().unsqueeze(-1))
+    assert torch.equal(got, ref)
+    distinct = [len(set(r.tolist())) == r.numel() for r in full.reshape(-1, full.shape[-1])]
+    if all(distinct):
+        assert torch.equal(indices, ref_indices)
+
+
+@pytest.mark.parametrize("epsilon", [1e-6, 1.0, 1e3])
+def test_equals_reference_given_noise_huge_c(epsilon):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 100_000, generator=gen)
+    noise = torch.randn(3, 2, 100_000, generator=gen)
+    got = sample_perturbed_kth(x, 6, epsilon, 3, noise=noise)
+    ref = _perturbed_kth_reference(x, 6, epsilon, 3, None, noise)
+    assert torch.equal(got[0], ref[0])
+    _assert_same_or_tied(x, noise, epsilon, got[1], ref[1])
+
+
+def _two_sample_checks(fast, ref, cols: int, groups: torch.Tensor | None = None) -> None:
+    """Means, variances and per-column frequencies of two samples agree (4 s.e.).
+
+    ``groups`` (column -> group id) compares frequencies per group instead: float32
+    rounding can make perturbed entries exactly equal, and ``torch.topk`` then breaks the
+    tie by position, which differs between a full row and a candidate list."""
+    (fv, fi), (rv, ri) = fast, ref
+    if groups is not None:
+        fi, ri, cols = groups[fi], groups[ri], int(groups.max()) + 1
+    fv, rv = fv.double().flatten(), rv.double().flatten()
+    n = fv.numel()
+    se_mean = math.sqrt((fv.var() + rv.var()).item() / n)
+    assert abs((fv.mean() - rv.mean()).item()) <= Z_MAX * se_mean + 1e-12
+    # variance of the sample variance: (m4 - var^2) / n, pooled
+    pooled = torch.cat([fv, rv])
+    centred = pooled - pooled.mean()
+    se_var = math.sqrt(2 * ((centred**4).mean() - centred.var() ** 2).item() / n)
+    assert abs((fv.var() - rv.var()).item()) <= Z_MAX * se_var + 1e-12
+    f_freq = torch.bincount(fi.flatten(), minlength=cols).double() / n
+    r_freq = torch.bincount(ri.flatten(), minlength=cols).double() / n
+    p = (f_freq + r_freq) / 2
+    se = (2 * p * (1 - p) / n).sqrt()
+    assert bool(((f_freq - r_freq).abs() <= Z_MAX * se + 1.0 / n).all())
+
+
+@pytest.mark.parametrize(
+    ("scores", "cols", "k", "epsilon", "n_candidates"),
+    [
+        ("normal", 200, 3, 0.3, 3),  # many exceedances over the candidates
+        ("normal", 200, 6, 1.0, None),
+        ("peaked", 1000, 6, 0.1, None),  # few candidates matter
+        ("flat", 300, 6, 1.0, None),  # every class alike
+        ("ties", 300, 2, 1e-6, None),  # ties broken by tiny noise only
+        ("normal", 300, 6, 1e3, None),  # noise dominates: every class can win
+    ],
+)
+def test_law_matches_reference(monkeypatch, scores, cols, k, epsilon, n_candidates):
+    # keep the sparse path even where it would switch to full draws for speed
+    monkeypatch.setattr(perturbed, "_DENSE_FRACTION", 1.0)
+    gen = torch.Generator().manual_seed(cols * k)
+    row = _adversarial(scores, 1, cols, gen)
+    x = row.expand(4000, cols).contiguous()  # 4000 rows x 5 draws of one row's law
+    fast = sample_perturbed_kth(x, k, epsilon, 5, generator=gen, n_candidates=n_candidates)
+    ref = _perturbed_kth_reference(x, k, epsilon, 5, gen, None)
+    groups = row[0].long() if scores == "ties" else None  # tied classes: one group
+    _two_sample_checks(fast, ref, cols, groups)
+
+
+def test_dense_switch_keeps_the_law():
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 400, generator=gen).expand(4000, 400).contiguous()
+    fast = sample_perturbed_kth(x, 6, 2.0, 5, generator=gen)  # eps >> spread: full draws
+    ref = _perturbed_kth_reference(x, 6, 2.0, 5, gen, None)
+    _two_sample_checks(fast, ref, 400)
+
+
+@pytest.mark.parametrize("cols", [1, 2, 6])
+def test_k_equal_to_c_and_tiny_rows(cols):
+    gen = torch.Generator().manual_seed(cols)
+    x = torch.randn(3, cols, generator=gen)
+    values, indices = sample_perturbed_kth(x, cols, 1.0, 4, generator=gen)
+    assert values.shape == (3, 4) and indices.shape == (3, 4)
+    assert bool(((indices >= 0) & (indices < cols)).all())
+
+
+def test_exceedance_columns_are_bernoulli_trials():
+    gen = torch.Generator().manual_seed(5)
+    num_cols, reps = 60, 3000
+    levels = torch.tensor([0.0, 1e-3, 0.05, 0.4, 1.0], dtype=torch.float64)
+    q = levels.repeat(reps)
+    pair, col = _exceedance_columns(q, num_cols, gen)
+    assert bool((col >= 0).all()) and bool((col < num_cols).all())
+    key = pair * num_cols + col
+    assert bool((key[1:] > key[:-1]).all())  # grouped by pair, strictly increasing columns
+    hits = torch.zeros(q.numel(), num_cols).index_put_((pair, col), torch.tensor(1.0),
+                                                       accumulate=True)
+    for i, level in enumerate(levels.tolist()):
+        block = hits[i::levels.numel()]  # (reps, num_cols)
+        freq = block.mean(0)
+        se = math.sqrt(max(level * (1 - level), 1e-12) / reps)
+        assert bool(((freq - level).abs() <= Z_MAX * se).all())
+        counts = block.sum(1)
+        var = num_cols * level * (1 - level)
+        assert abs(counts.mean().item() - num_cols * level) <= Z_MAX * math.sqrt(var / reps)
+        if var > 0:  # count variance of a binomial: independence across columns
+            se_var = var * math.sqrt(2.0 / reps) * 1.5
+            assert abs(counts.var().item() - var) <= Z_MAX * se_var
+
+
+def test_public_operator_uses_the_law_of_the_definition():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 500, generator=gen)
+    x[0, :5] += 8.0
+    xs = x.expand(3000, 500)
+    out = smooth_kth_largest(xs, 6, 0.1, 5, generator=gen)  # default (fast) path
+    draws = torch.randn(5, 3000, 500, generator=gen)
+    ref = smooth_kth_largest(xs, 6, 0.1, 5, noise=draws)  # explicit draws: the reference
+    se = math.sqrt((out.var() + ref.var()).item() / 3000)
+    assert abs((out.mean() - ref.mean()).item()) <= Z_MAX * se
+
+
+@pytest.mark.parametrize("peaked", [False, True])
+def test_backward_keeps_no_per_draw_tensor(peaked):
+    """Saved for backward: indices of size N·B only (no B·N·C tensor)."""
+    gen = torch.Generator().manual_seed(2)
+    n, c, b = 64, 2000, 5
+    x = torch.randn(n, c, generator=gen)
+    target = torch.randint(0, c, (n,), generator=gen)
+    if peaked:
+        x[torch.arange(n), target] += 8.0
+    x.requires_grad_()
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = noised_topk_loss(x, target, k=5, epsilon=0.1 if peaked else 1.0,
+                                n_samples=b, generator=gen)
+    loss.backward()
+    assert max(saved) <= n * c  # nothing bigger than the scores themselves
+    assert x.grad is not None and torch.isfinite(x.grad).all()
