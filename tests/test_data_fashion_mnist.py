@@ -67,9 +67,8 @@ def test_long_tailed_balanced_test_and_seeded_order():
     b = load_fashion_mnist_lt(DEFAULT_ROOT, seed=0)
     assert torch.bincount(a.y_test).tolist() == [1000] * 10
     assert torch.equal(a.y_train, b.y_train) and torch.equal(a.x_val, b.x_val)
-    orders = {tuple(load_fashion_mnist_lt(DEFAULT_ROOT, seed=s).info["class_order"].tolist())
-              for s in (1, 2)}
-    assert len(orders | {tuple(a.info["class_order"].tolist())}) > 1
+    other = load_fashion_mnist_lt(DEFAULT_ROOT, seed=1)  # 10! orders: a collision is negligible
+    assert not torch.equal(other.info["class_order"], a.info["class_order"])
 
 
 def test_bad_arguments(tmp_path):
