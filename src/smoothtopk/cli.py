@@ -99,7 +99,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, keys: Sequence[str]) -> N
             kw["type"] = _devices
         elif key in ("epsilon", "margin", "tau", "alpha", "gamma", "max_margin", "scale"):
             kw["type"] = float
-        elif key == "n_samples" or types[key] is int:
+        elif key in ("n_samples", "threads") or types[key] is int:
             kw["type"] = int
         elif types[key] is float:
             kw["type"] = float
@@ -175,14 +175,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .train.experiments import list_experiments, load_experiment, reproduce
 
+    root = Path(args.configs) if args.configs else None
     if args.list:
-        for name in list_experiments():
-            experiment = load_experiment(name)
+        for name in list_experiments(root):
+            experiment = load_experiment(name, root)
             print(f"{name}: {experiment['title']} ({len(experiment['runs'])} runs)")
         return 0
     keys = ("data_root", "epochs", "accelerator", "devices", "num_nodes", "strategy",
             "precision", "progress", "batch_size", "num_workers", "threads", "model_kwargs")
-    reproduce(args.experiment, args.seeds, args.out, _overrides(args, keys))
+    reproduce(args.experiment, args.seeds, args.out, _overrides(args, keys), root=root)
     return 0
 
 
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--out", default="runs/reproduce", help="folder of the run folders")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--configs", help="folder of experiment folders (default: the "
+                   "configs/ folder of the source tree)")
     _add_config_flags(p, ["data_root", "epochs", "batch_size", "num_workers", "threads",
                           "model_kwargs", "accelerator", "devices", "num_nodes", "strategy",
                           "precision", "progress"])

@@ -204,9 +204,8 @@ def plot_level_sets(
         ax.contour(u.numpy(), v.numpy(), values.numpy(), levels=[i / 10 for i in range(1, 10)],
                    colors="white", linewidths=0.4)
         for i, (du, dv) in enumerate(directions.tolist()):
-            ax.annotate(f"$s_{i + 1}$", xy=(0.85 * extent * du, 0.85 * extent * dv),
-                        xytext=(0, 0), ha="center", va="center", color="white",
-                        fontsize=9)
+            ax.text(0.85 * extent * du, 0.85 * extent * dv, f"$s_{i + 1}$", ha="center",
+                    va="center", color="white", fontsize=9)
             ax.plot([0, 0.7 * extent * du], [0, 0.7 * extent * dv], color="white", lw=0.6)
         title = _TITLES[loss]
         if loss == "bal_topk":

@@ -93,12 +93,16 @@ def reproduce(
     out: str | Path = "runs/reproduce",
     overrides: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    root: Path | None = None,
 ) -> str:
-    """Run (or reuse) every run of experiment ``name`` for every seed; return its table."""
+    """Run (or reuse) every run of experiment ``name`` for every seed; return its table.
+
+    ``root`` is the folder of experiments (default: :func:`configs_root`).
+    """
     from .report import load_run, results_table
     from .run import train
 
-    experiment = load_experiment(name)
+    experiment = load_experiment(name, root)
     overrides = {"progress": "epoch", **(overrides or {})}
     configs = run_configs(experiment, seeds, Path(out), overrides)
     skipped = len(experiment["runs"]) * len(seeds) - len(configs)
