@@ -144,3 +144,14 @@ def test_missing_split_folder(roots, tmp_path):
     write_folder_tree(tmp_path / "f", {"train": {"a": 1}, "test": {"a": 1}})
     with pytest.raises(ValueError, match="missing split 'val'"):
         build_datamodule("folder", root=tmp_path / "f")
+
+
+def test_data_fixed_by_data_seed_not_training_seed():
+    def data(**kw):
+        dm = build_datamodule("synthetic", noise_p=0.3, **SMALL_SYNTHETIC, **kw)
+        dm.setup()
+        return dm._data["train"].tensors
+
+    a, b, c = data(seed=0), data(seed=5), data(seed=0, data_seed=1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])

@@ -10,6 +10,11 @@ label-noise report), and its ``train/val/test_dataloader()`` yield model-ready
 normalisation are applied batch-wise in the loaders' ``collate_fn`` (so in the workers).
 Training batches are shuffled with a generator seeded by ``seed`` and the last
 incomplete batch is dropped (when the split holds at least one full batch).
+
+``seed`` drives only the loaders (order; augmentation through the worker RNGs). What is
+random in the *data* (synthetic draw, validation split, label noise, long-tail
+subsampling) is drawn from ``data_seed`` (default 0), so runs with different training
+seeds see the same dataset, noise included.
 """
 
 from __future__ import annotations
@@ -105,7 +110,7 @@ class BaseDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed) if train else None,
             drop_last=train and len(dataset) >= self.batch_size,
             num_workers=self.num_workers, collate_fn=self._collate(split),
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -120,6 +125,11 @@ class BaseDataModule(pl.LightningDataModule):
 
 class ArrayDataModule(BaseDataModule):
     """Data held in memory as :class:`~smoothtopk.data.splits.ArraySplits`."""
+
+    def __init__(self, root: str | Path | None, batch_size: int, num_workers: int,
+                 seed: int, data_seed: int) -> None:
+        super().__init__(root, batch_size, num_workers, seed)
+        self.data_seed = check_int("data_seed", data_seed, 0)
 
     def _arrays(self) -> ArraySplits:
         raise NotImplementedError
@@ -152,13 +162,13 @@ class SyntheticDataModule(ArrayDataModule):
     """
 
     def __init__(self, root: None = None, batch_size: int = 64, num_workers: int = 0,
-                 seed: int = 0, **config: Any) -> None:
-        super().__init__(root, batch_size, num_workers, seed)
+                 seed: int = 0, data_seed: int = 0, **config: Any) -> None:
+        super().__init__(root, batch_size, num_workers, seed, data_seed)
         _no_root("synthetic", root)
         self.config = SyntheticConfig(**config)
 
     def _arrays(self) -> ArraySplits:
-        return make_synthetic(self.config, self.seed)
+        return make_synthetic(self.config, self.data_seed)
 
 
 class SyntheticImagesDataModule(SyntheticDataModule):
@@ -169,16 +179,16 @@ class SyntheticImagesDataModule(SyntheticDataModule):
     """
 
     def __init__(self, root: None = None, batch_size: int = 64, num_workers: int = 0,
-                 seed: int = 0, image_shape: Sequence[int] = (3, 32, 32),
+                 seed: int = 0, data_seed: int = 0, image_shape: Sequence[int] = (3, 32, 32),
                  **config: Any) -> None:
-        super().__init__(root, batch_size, num_workers, seed, **config)
+        super().__init__(root, batch_size, num_workers, seed, data_seed, **config)
         shape = tuple(image_shape)
         if len(shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in shape):
             raise ValueError(f"image_shape must be three positive ints (C, H, W), got {shape}")
         self.image_shape = shape
 
     def _datasets(self, s: ArraySplits) -> dict[str, Dataset]:
-        basis = image_basis(s.x_train.shape[1], self.image_shape, self.seed)
+        basis = image_basis(s.x_train.shape[1], self.image_shape, self.data_seed)
         return {"train": FeatureImages(s.x_train, s.y_train, basis, self.image_shape),
                 "val": FeatureImages(s.x_val, s.y_val, basis, self.image_shape),
                 "test": FeatureImages(s.x_test, s.y_test, basis, self.image_shape)}
@@ -192,10 +202,10 @@ class CIFAR100DataModule(ArrayDataModule):
     """
 
     def __init__(self, root: str | Path | None = None, batch_size: int = 64,
-                 num_workers: int = 0, seed: int = 0, val_fraction: float = 0.1,
-                 noise_p: float = 0.0, noise_grouping: str = "coarse",
-                 augment: bool = True) -> None:
-        super().__init__(root, batch_size, num_workers, seed)
+                 num_workers: int = 0, seed: int = 0, data_seed: int = 0,
+                 val_fraction: float = 0.1, noise_p: float = 0.0,
+                 noise_grouping: str = "coarse", augment: bool = True) -> None:
+        super().__init__(root, batch_size, num_workers, seed, data_seed)
         if root is None:
             raise ValueError("cifar100 needs root=: the 'cifar-100-python' folder or its parent")
         find_cifar100_folder(root)
@@ -209,7 +219,7 @@ class CIFAR100DataModule(ArrayDataModule):
 
     def _arrays(self) -> ArraySplits:
         return load_cifar100(self.root, self.val_fraction, self.noise_p, self.noise_grouping,
-                             self.seed)
+                             self.data_seed)
 
     def _load(self) -> dict[str, Dataset]:
         datasets = super()._load()
@@ -225,8 +235,9 @@ class FashionMNISTDataModule(ArrayDataModule):
     """Fashion-MNIST (balanced), normalised; ``root`` defaults to the Debian package folder."""
 
     def __init__(self, root: str | Path | None = None, batch_size: int = 64,
-                 num_workers: int = 0, seed: int = 0, val_fraction: float = 1 / 12) -> None:
-        super().__init__(root, batch_size, num_workers, seed)
+                 num_workers: int = 0, seed: int = 0, data_seed: int = 0,
+                 val_fraction: float = 1 / 12) -> None:
+        super().__init__(root, batch_size, num_workers, seed, data_seed)
         self.path = Path(root) if root is not None else FASHION_MNIST_ROOT
         if not self.path.is_dir():
             raise ValueError(f"root={str(self.path)!r} is not a folder; expected the folder of "
@@ -235,7 +246,7 @@ class FashionMNISTDataModule(ArrayDataModule):
                                        high_inclusive=False)
 
     def _arrays(self) -> ArraySplits:
-        return load_fashion_mnist(self.path, self.val_fraction, self.seed)
+        return load_fashion_mnist(self.path, self.val_fraction, self.data_seed)
 
     def _collate(self, split: str) -> _Collate:
         return _Collate(ImageBatchTransform(FASHION_MNIST_MEAN, FASHION_MNIST_STD))
@@ -245,9 +256,9 @@ class FashionMNISTLTDataModule(FashionMNISTDataModule):
     """Long-tailed Fashion-MNIST, see :func:`..data.fashion_mnist.load_fashion_mnist_lt`."""
 
     def __init__(self, root: str | Path | None = None, batch_size: int = 64,
-                 num_workers: int = 0, seed: int = 0, rho: float = 100.0,
+                 num_workers: int = 0, seed: int = 0, data_seed: int = 0, rho: float = 100.0,
                  val_fraction: float = 1 / 6, test_profile: str = "balanced") -> None:
-        super().__init__(root, batch_size, num_workers, seed, val_fraction)
+        super().__init__(root, batch_size, num_workers, seed, data_seed, val_fraction)
         self.rho = check_real("rho", rho, 1.0)
         if test_profile not in TEST_PROFILES:
             raise ValueError(f"test_profile must be one of {TEST_PROFILES}, "
@@ -256,7 +267,7 @@ class FashionMNISTLTDataModule(FashionMNISTDataModule):
 
     def _arrays(self) -> ArraySplits:
         return load_fashion_mnist_lt(self.path, self.rho, self.val_fraction,
-                                     self.test_profile, self.seed)
+                                     self.test_profile, self.data_seed)
 
 
 class EmbeddingsDataModule(ArrayDataModule):
@@ -264,7 +275,7 @@ class EmbeddingsDataModule(ArrayDataModule):
 
     def __init__(self, root: str | Path | None = None, batch_size: int = 64,
                  num_workers: int = 0, seed: int = 0) -> None:
-        super().__init__(root, batch_size, num_workers, seed)
+        super().__init__(root, batch_size, num_workers, seed, data_seed=0)
         if root is None or not Path(root).is_dir():
             raise ValueError(f"embeddings needs root= a folder holding train.npz, val.npz, "
                              f"test.npz, got {root!r}")
@@ -347,22 +358,15 @@ DATAMODULES: dict[str, type[BaseDataModule]] = {
 }
 
 
-def _accepted_kwargs(cls: type[BaseDataModule]) -> list[str] | None:
-    """Keyword names accepted by ``cls`` (None if it takes arbitrary ones)."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if klass is BaseDataModule:
-            break
-        if "__init__" not in vars(klass):
-            continue
-        for p in inspect.signature(klass.__init__).parameters.values():
-            if p.kind is p.VAR_KEYWORD:
-                if klass is SyntheticDataModule:
-                    names += [f.name for f in SyntheticConfig.__dataclass_fields__.values()]
-                continue
-            if p.name not in ("self", "root", "batch_size", "num_workers", "seed"):
-                names.append(p.name)
-    return sorted(set(names))
+def _accepted_kwargs(cls: type[BaseDataModule]) -> list[str]:
+    """Dataset keyword names accepted by ``cls`` (``**config`` means SyntheticConfig fields)."""
+    names = []
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            names += list(SyntheticConfig.__dataclass_fields__)
+        elif p.name not in ("self", "root", "batch_size", "num_workers", "seed"):
+            names.append(p.name)
+    return sorted(names)
 
 
 def build_datamodule(name: str, root: str | Path | None = None, batch_size: int = 64,
@@ -373,7 +377,7 @@ def build_datamodule(name: str, root: str | Path | None = None, batch_size: int 
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATAMODULES)}")
     cls = DATAMODULES[name]
     accepted = _accepted_kwargs(cls)
-    unknown = sorted(set(dataset_kwargs) - set(accepted or ()))
+    unknown = sorted(set(dataset_kwargs) - set(accepted))
     if unknown:
         raise TypeError(f"dataset {name!r} got unknown arguments {unknown}; "
                         f"accepted: {accepted}")
