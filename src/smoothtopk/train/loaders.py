@@ -42,7 +42,7 @@ class RunDataModule(pl.LightningDataModule):
             loader.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
             shuffle=False,
         )
-        return DataLoader(
+        return type(loader)(  # keep the data module's loader class (e.g. skipping bad images)
             loader.dataset, batch_size=loader.batch_size, sampler=sampler,
             num_workers=loader.num_workers, collate_fn=loader.collate_fn,
             pin_memory=loader.pin_memory,
