@@ -11,16 +11,17 @@ import torch
 import yaml
 
 from smoothtopk.train.run import build_datamodule, evaluate
-from test_train_run import small_config
+from test_train_run import SMALL, small_config
 
 
 @pytest.mark.slow
 def test_ddp_validation_equals_single_process(tmp_path):
     out = tmp_path / "ddp"
     # a data seed whose validation split has an odd size: split unevenly over 2 processes
-    seed = next(s for s in range(20) if len(build_datamodule(
-        small_config(out, seed=s)).val_dataloader().dataset) % 2 == 1)
-    config = small_config(out, loss="bal_topk", epochs=2, batch_size=16, seed=seed).to_dict()
+    data = next(d for d in ({**SMALL, "data_seed": s} for s in range(20)) if len(
+        build_datamodule(small_config(out, data_kwargs=d)).val_dataloader().dataset) % 2)
+    config = small_config(out, loss="bal_topk", epochs=2, batch_size=16,
+                          data_kwargs=data).to_dict()
     config_file = tmp_path / "small.yaml"
     config_file.write_text(yaml.safe_dump(config))
     proc = subprocess.run(
@@ -43,6 +44,6 @@ def test_ddp_validation_equals_single_process(tmp_path):
     # predictions gathered from both processes come back complete and in dataset order
     gathered = torch.load(out / "predictions_val.pt")
     assert gathered["targets"].numel() == n_val
-    datamodule = build_datamodule(small_config(tmp_path / "x", seed=seed))
+    datamodule = build_datamodule(small_config(tmp_path / "x", data_kwargs=data))
     targets = torch.cat([y for _, y in datamodule.val_dataloader()])
     assert torch.equal(gathered["targets"], targets)
