@@ -29,6 +29,7 @@ from smoothtopk._checks import (
     reduce,
 )
 from smoothtopk.ops import kth_largest, smooth_kth_largest, topk_sum
+from smoothtopk.svm import smooth_topk_svm
 
 __all__ = [
     "calibrated_topk_hinge_loss",
@@ -37,6 +38,7 @@ __all__ = [
     "imbalanced_noised_topk_loss",
     "ldam_loss",
     "noised_topk_loss",
+    "smooth_topk_svm",
     "topk_cvx_hinge_loss",
     "topk_error",
     "topk_hinge_loss",

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from smoothtopk import functional as STF
 from smoothtopk._checks import check_int, check_real, check_reduction
+from smoothtopk.svm import SmoothTopKSVMLoss, smooth_top1_svm_loss
 
 __all__ = [
     "LOSSES",
@@ -23,6 +24,7 @@ __all__ = [
     "ImbalancedNoisedTopKLoss",
     "LDAMLoss",
     "NoisedTopKLoss",
+    "SmoothTopKSVMLoss",
     "TopKCvxHingeLoss",
     "TopKHingeLoss",
     "build_loss",
@@ -211,6 +213,8 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "cal_hinge": CalibratedTopKHingeLoss,
     "bal_topk": NoisedTopKLoss,
     "imbal_topk": ImbalancedNoisedTopKLoss,
+    "smooth_topk": SmoothTopKSVMLoss,
+    "smooth_top1": smooth_top1_svm_loss,
 }
 
 
