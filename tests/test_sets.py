@@ -460,3 +460,22 @@ def test_class_conditional_coverage_per_class():
         assert covered[:, c].mean() / n_test >= 1 - alpha - 0.01
         assert abs(covered[:, c].mean().item() - law.mean()) <= 4 * math.sqrt(
             law.var() / N_SPLITS)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_predictors_on_cuda_match_cpu():
+    cal_logits, cal_labels = held_out_scores(300, 6, seed=21)
+    test_logits, _ = held_out_scores(100, 6, seed=22)
+    dev = torch.device("cuda")
+    for make in (lambda: TopKSets(2), lambda: AverageKSets(2.5),
+                 lambda: ConformalSets(0.1, "aps"),
+                 lambda: ConformalSets(0.1, "lac", class_conditional=True)):
+        cpu = make().fit(cal_logits, cal_labels).predict(test_logits)
+        gpu = make().fit(cal_logits.to(dev), cal_labels.to(dev))
+        out = gpu.predict(test_logits.to(dev))
+        assert out.device.type == "cuda"
+        # float64 on both devices; tolerate a boundary flip from different reduction orders
+        assert (out.cpu() == cpu).float().mean() >= 0.99
