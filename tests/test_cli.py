@@ -139,6 +139,9 @@ def test_train_report_reproduce_commands(tmp_path, capsys):
     assert main(["report", str(run), "--ks", "1", "3"]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0] == "| K | focal |"
+    assert main(["sets", str(run), "--average-k", "1", "2", "--out", str(tmp_path / "s")]) == 0
+    assert "| average-K | K=2 |" in capsys.readouterr().out
+    assert_one_line_error(["sets", str(run), "--average-k", "50"], capsys, "average_k")
 
     experiment = tmp_path / "configs" / "tiny"
     experiment.mkdir(parents=True)

@@ -188,16 +188,17 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_sets(args: argparse.Namespace) -> int:
-    import json
-
     from .sets_eval import evaluate_run
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "predictions_val.pt").is_file():
         raise ConfigError(f"{run_dir} is not a finished run folder (no predictions_val.pt)")
-    result = evaluate_run(run_dir, average_k=tuple(args.average_k), alpha=args.alpha,
-                          out_dir=args.out)
-    print(json.dumps(result, indent=1, default=str))
+    try:
+        evaluate_run(run_dir, average_k=tuple(args.average_k), alpha=args.alpha,
+                     out_dir=args.out)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    print((Path(args.out or run_dir) / "sets.md").read_text(), end="")
     return 0
 
 
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Top-K, average-K and conformal sets from the run's "
                        "saved predictions (smoothtopk.sets_eval.evaluate_run).")
     p.add_argument("run_dir")
-    p.add_argument("--average-k", nargs="+", type=float, default=[1, 3, 5, 10])
+    p.add_argument("--average-k", nargs="+", type=int, default=[1, 3, 5, 10])
     p.add_argument("--alpha", type=float, default=0.1, help="conformal miscoverage level")
     p.add_argument("--out", help="output folder (default: the run folder)")
     p.set_defaults(func=_cmd_sets)
