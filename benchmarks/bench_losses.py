@@ -12,7 +12,8 @@ uses ε = 0.1: a trained network's peaked scores, where only a few classes compe
 
 Contenders: ``F.cross_entropy``, every loss of :data:`smoothtopk.losses.LOSSES` (built
 with the keyword arguments of the setting that its factory accepts), and the peers
-``pytopk.BalNoisedTopK`` / ``pytopk.ImbalNoisedTopK`` when installed. To add one::
+``pytopk.BalNoisedTopK`` / ``pytopk.ImbalNoisedTopK`` and ``difftopk.SmoothTopKLoss`` when
+installed. To add one::
 
     @contender("my_loss")
     def _my_loss(setting: Setting) -> LossFn | None:  # None: not available here
@@ -25,6 +26,7 @@ Run: ``python benchmarks/bench_losses.py [--sizes 100 1081 10000] [--repeats 30]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import inspect
 import platform
@@ -92,6 +94,18 @@ for _name in LOSSES:
 
 def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+@contender("difftopk.SmoothTopKLoss")
+def _difftopk_smooth(setting: Setting) -> LossFn | None:
+    """The smoothed top-K SVM authors' code (τ = 1, α = 1), peer of 'smooth_topk'."""
+    if not _has("difftopk"):
+        return None
+    with contextlib.redirect_stdout(sys.stderr):  # it prints about optional imports
+        import difftopk
+
+    return difftopk.SmoothTopKLoss(setting.num_classes, setting.k, tau=1.0,
+                                   device=setting.device)
 
 
 @contender("pytopk.BalNoisedTopK")
