@@ -30,6 +30,10 @@ def evaluate(run_dir: Path, out: Path | None = None) -> dict:
     return evaluate_run(run_dir, average_k=(1, 3), alpha=0.2, out_dir=out)
 
 
+def rows_of(result: dict) -> dict:
+    return {(r["method"], r["param"]): r for r in result["rows"]}
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     torch.save(_split(400, 0), tmp_path / "predictions_val.pt")
@@ -49,11 +53,14 @@ def test_evaluate_run_writes_table_plot_json(run_dir: Path, tmp_path: Path):
                    "conformal LAC class-conditional"):
         assert f"| {method} |" in table
     assert "0-10 (2 cl.)" in table and ">2000 (1 cl.)" in table
+    rare = rows_of(result)[("conformal LAC class-conditional", "alpha=0.2")]["rare_classes"]
+    assert rare >= 1  # class 0 has about 0.5 expected calibration samples
+    assert f"{rare} of 8 classes have fewer than 4 calibration samples" in table
     assert json.loads((out / "sets.json").read_text())["average_k"] == [1, 3]
 
     test = torch.load(run_dir / "predictions_test.pt")
     val = torch.load(run_dir / "predictions_val.pt")
-    rows = {(r["method"], r["param"]): r for r in result["rows"]}
+    rows = rows_of(result)
     for k in (1, 3):
         top = rows[("top-K", f"K={k}")]
         assert top["coverage"] == pytest.approx(

@@ -26,11 +26,19 @@ from .set_metrics import (
     macro_coverage,
     set_size_summary,
 )
-from .sets import AverageKSets, ConformalSets, TopKSets, _check_alpha, fit_temperature
+from .sets import (
+    AverageKSets,
+    ConformalSets,
+    TopKSets,
+    _check_alpha,
+    fit_temperature,
+    min_calibration_size,
+)
 
 __all__ = ["evaluate_run", "load_predictions"]
 
 CURVE_POINTS_PER_UNIT = 4  # average-K curve: K on a grid of step 1/4
+CONFORMAL_COLORS = ("tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
 def load_predictions(path: str | Path) -> tuple[Tensor, Tensor]:
@@ -103,6 +111,12 @@ def _markdown(result: dict[str, Any]) -> str:
             f"{_fmt(r['macro_coverage'])} | {_fmt(r['avg_size'], 3)} | {_fmt(r['size_std'], 3)} "
             f"| {r['median_size']:g} | {r['max_size']:g} | {_fmt(r['empty'], 3)} |"
         )
+    for r in result["rows"]:
+        if r["method"].endswith("class-conditional") and r["rare_classes"]:
+            lines += ["", f"{r['method']}: {r['rare_classes']} of {result['num_classes']} "
+                      f"classes have fewer than {min_calibration_size(result['alpha'])} "
+                      "calibration samples and use the marginal threshold (no per-class "
+                      "guarantee for them)."]
     lines += ["", "Average-K minus top-K at the same K (test split):", "",
               "| K | avg size (average-K) | Δ coverage | Δ macro coverage |",
               "| --- | --- | --- | --- |"]
@@ -139,10 +153,10 @@ def _plot(result: dict[str, Any], path: Path) -> None:
                 color="tab:blue", label="average-K (calibrated threshold)")
         ax.plot(curves["top_k"]["avg_size"], curves["top_k"][key], "o--",
                 color="tab:orange", label="top-K")
-        for r in result["rows"]:
-            if r["method"].startswith("conformal"):
-                ax.plot(r["avg_size"], r[key], "^", markersize=8,
-                        label=f"{r['method']} ({r['param']})")
+        conformal = [r for r in result["rows"] if r["method"].startswith("conformal")]
+        for r, color in zip(conformal, CONFORMAL_COLORS, strict=False):
+            ax.plot(r["avg_size"], r[key], "^", markersize=8, color=color,
+                    label=f"{r['method']} ({r['param']})")
         ax.set_xlabel("average set size on test")
         ax.set_ylabel(title)
         ax.set_title(f"{title} vs average set size")
