@@ -84,7 +84,7 @@ def test_superclass_noise_from_coarse_labels(cifar_root, p):
     clean = load_cifar100(cifar_root, seed=3)
     noisy = load_cifar100(cifar_root, noise_p=p, seed=3)
     coarse = torch.as_tensor(coarse_of_fine(0))
-    assert torch.equal(noisy.info["y_train_clean"], clean.y_train)
+    assert torch.equal(noisy.y_train_clean, clean.y_train) and clean.y_train_clean is None
     assert torch.equal(coarse[noisy.y_train], coarse[clean.y_train])
     assert torch.equal(noisy.y_val, clean.y_val) and torch.equal(noisy.y_test, clean.y_test)
     q, n = p * 4 / 5, clean.y_train.numel()

@@ -103,6 +103,7 @@ def test_genus_label_noise_stays_in_genus():
     genus = genus_of_class(cfg)
     assert torch.equal(genus[noisy.y_train], genus[clean.y_train])
     assert torch.equal(noisy.x_train, clean.x_train)
+    assert torch.equal(noisy.y_train_clean, clean.y_train)
     assert torch.equal(noisy.y_test, clean.y_test)
     changed = float((noisy.y_train != clean.y_train).double().mean())
     assert noisy.info["noise_fraction_changed"] == pytest.approx(changed)

@@ -65,8 +65,8 @@ def load_cifar100(
     each training label is, with probability ``noise_p``, replaced by a class drawn
     uniformly from its group (:func:`~smoothtopk.data.label_noise.superclass_label_noise`;
     expected changed fraction ``0.8 * noise_p``); validation and test stay clean. The draw
-    is made once from ``seed`` and stored: ``info`` holds ``y_train_clean`` and the report
-    (``noise_fraction_changed`` ...).
+    is made once from ``seed`` and stored: the result keeps ``y_train_clean`` and ``info``
+    the report (``noise_p``, ``noise_num_changed``, ``noise_fraction_changed``).
 
     ``noise_grouping``: ``"coarse"`` (default) groups by the dataset's ``coarse_labels``
     (the 20 true superclasses); ``"blocks"`` groups fine ids ``5j .. 5j+4``, which is what
@@ -89,14 +89,14 @@ def load_cifar100(
     train_idx, val_idx = stratified_split(fine, val_fraction, gen)
     y_train = fine[train_idx]
     info: dict[str, object] = {"noise_grouping": noise_grouping}
+    y_clean = None
     if noise_p > 0:
         if noise_grouping == "coarse":
             groups = groups_from_pairs(fine, coarse, len(names))
         else:
             groups = block_groups(len(names), 5)
         noisy = superclass_label_noise(y_train, groups, noise_p, gen)
-        info["y_train_clean"] = y_train
         info.update(noisy.report())
-        y_train = noisy.labels
+        y_clean, y_train = y_train, noisy.labels
     return ArraySplits(x[train_idx], y_train, x[val_idx], fine[val_idx], x_test, y_test,
-                       names, info)
+                       names, info, y_clean)

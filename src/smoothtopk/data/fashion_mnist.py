@@ -91,7 +91,7 @@ def load_fashion_mnist_lt(
     size), so train and validation have the same profile. ``test_profile="balanced"``
     keeps the 10,000 test images; ``"long_tailed"`` subsamples them with the same profile
     (``n_max = 1000``), like Pl@ntNet-300K whose test set is long-tailed.
-    ``info["class_order"]`` lists the classes from head to tail.
+    ``info["class_order"]`` lists the class ids from head to tail.
     """
     rho = check_real("rho", rho, 1.0)
     check_int("seed", seed, 0)
@@ -115,4 +115,4 @@ def load_fashion_mnist_lt(
         keep = subsample(y_test)
         x_test, y_test = x_test[keep], y_test[keep]
     return ArraySplits(x[train_idx], y[train_idx], x[val_idx], y[val_idx], x_test, y_test,
-                       list(CLASS_NAMES), {"class_order": order, "rho": rho})
+                       list(CLASS_NAMES), {"class_order": order.tolist(), "rho": rho})

@@ -15,8 +15,10 @@ class ArraySplits:
     """In-memory train/val/test tensors of one dataset.
 
     ``x_*`` hold the inputs (features, or uint8 images ``(N, C, H, W)``), ``y_*`` int64
-    labels in ``[0, num_classes)``. ``info`` carries dataset-specific facts (for instance
-    the label-noise report) that a datamodule passes on to the user.
+    labels in ``[0, num_classes)``. ``info`` carries dataset-specific facts as JSON-ready
+    values (for instance the label-noise report) that a datamodule passes on to the user.
+    With label noise, ``y_train`` holds the noisy labels and ``y_train_clean`` the clean
+    ones (``None`` without noise).
     """
 
     x_train: Tensor
@@ -27,6 +29,7 @@ class ArraySplits:
     y_test: Tensor
     class_names: list[str]
     info: dict[str, object] = field(default_factory=dict)
+    y_train_clean: Tensor | None = None
 
     @property
     def num_classes(self) -> int:

@@ -92,9 +92,9 @@ def genus_of_class(config: SyntheticConfig) -> Tensor:
 def make_synthetic(config: SyntheticConfig | None = None, seed: int = 0) -> ArraySplits:
     """Draw the benchmark's train/val/test features (float32 ``(N, dim)``) and labels.
 
-    Deterministic given ``(config, seed)``. ``info`` holds the training ``genus`` of every
-    class, the measured ``share_of_rarest_80`` of the training counts and, when
-    ``noise_p > 0``, the label-noise report.
+    Deterministic given ``(config, seed)``. ``info`` holds the ``genus`` of every class
+    (list), the measured ``share_of_rarest_80`` of the training counts and, when
+    ``noise_p > 0``, the label-noise report (``y_train_clean`` keeps the clean labels).
     """
     cfg = config if config is not None else SyntheticConfig()
     check_int("seed", seed, 0)
@@ -122,16 +122,17 @@ def make_synthetic(config: SyntheticConfig | None = None, seed: int = 0) -> Arra
 
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (draw(n) for n in split_counts)
     info: dict[str, object] = {
-        "genus": genus,
+        "genus": genus.tolist(),
         "share_of_rarest_80": share_of_rarest(train_counts, 0.8),
     }
+    y_clean = None
     if cfg.noise_p > 0:
         noisy = superclass_label_noise(y_tr, genus, cfg.noise_p, gen)
-        y_tr = noisy.labels
+        y_clean, y_tr = y_tr, noisy.labels
         info.update(noisy.report())
     width = len(str(num_genera - 1))
     names = [f"genus{int(genus[k]):0{width}d}_species{k % cfg.genus_size}" for k in range(c)]
-    return ArraySplits(x_tr, y_tr, x_va, y_va, x_te, y_te, names, info)
+    return ArraySplits(x_tr, y_tr, x_va, y_va, x_te, y_te, names, info, y_clean)
 
 
 def image_basis(dim: int, image_shape: tuple[int, int, int], seed: int = 0) -> Tensor:

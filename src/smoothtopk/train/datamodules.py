@@ -4,10 +4,11 @@
 builds one of :data:`DATAMODULES`. Paths and arguments are checked at construction
 (``ValueError``/``TypeError`` saying what was expected); data are read in :meth:`setup`.
 After ``setup()`` a module exposes ``num_classes``, ``class_counts`` (training counts,
-int64 ``(C,)``), ``class_names``, ``input_shape`` and ``info`` (dataset facts such as the
-label-noise report), and its ``train/val/test_dataloader()`` yield model-ready
-``(x float, y int64)`` batches: image scaling, augmentation (training only) and
-normalisation are applied batch-wise in the loaders' ``collate_fn`` (so in the workers).
+int64 ``(C,)``), ``class_names``, ``input_shape`` and ``info`` (JSON-ready dataset facts,
+such as the label-noise report, to save with a run), and its
+``train/val/test_dataloader()`` yield model-ready ``(x float, y int64)`` batches: image
+scaling, augmentation (training only) and normalisation are applied batch-wise in the
+loaders' ``collate_fn`` (so in the workers).
 Training batches are shuffled with a generator seeded by ``seed`` and the last
 incomplete batch is dropped (when the split holds at least one full batch).
 
@@ -220,11 +221,6 @@ class CIFAR100DataModule(ArrayDataModule):
     def _arrays(self) -> ArraySplits:
         return load_cifar100(self.root, self.val_fraction, self.noise_p, self.noise_grouping,
                              self.data_seed)
-
-    def _load(self) -> dict[str, Dataset]:
-        datasets = super()._load()
-        self.input_shape = (3, 32, 32)
-        return datasets
 
     def _collate(self, split: str) -> _Collate:
         return _Collate(ImageBatchTransform(CIFAR100_MEAN, CIFAR100_STD,
