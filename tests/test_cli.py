@@ -118,6 +118,7 @@ def test_level_sets_unknown_loss(tmp_path, capsys):
                            str(tmp_path / "a.png")], capsys, "unknown loss 'nope'")
 
 
+@pytest.mark.slow
 def test_installed_entry_point_bad_input_no_traceback(tmp_path):
     """Through a real process: exit code 2, a single stderr line, no traceback."""
     config = tmp_path / "c.yaml"
@@ -129,6 +130,7 @@ def test_installed_entry_point_bad_input_no_traceback(tmp_path):
     assert "unknown config key(s) 'optimizer'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_train_report_reproduce_commands(tmp_path, capsys):
     """train + report through the CLI; reproduce of a tiny experiment, reused on rerun."""
     run = tmp_path / "run"

@@ -50,6 +50,7 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_while_saving_keeps_last_complete_checkpoint(tmp_path):
     out = tmp_path / "run"
     config = small_config(out, loss="ce", epochs=3)
