@@ -9,18 +9,27 @@ Generative model (all draws from one seeded ``torch.Generator``):
   (inter-class ambiguity), genera are far apart.
 * Each class has ``modes_per_class`` sub-populations (think of views of a plant: flower,
   leaf, bark) at ``M_c + N(0, mode_spread^2 I_d)``; a sample picks one mode uniformly and
-  adds ``N(0, I_d)`` noise: wide intra-class variability, not linearly summarised.
+  adds ``N(0, I_d)`` noise: the within-class spread is wide compared with the distance
+  between the species of a genus.
 * Training counts per class are the quantiles of a log-normal law (median
   ``count_median``, log-standard-deviation ``count_sigma``) clipped to
   ``[count_min, count_max]``, assigned to the classes in a seeded random order (so every
-  genus mixes common and rare species). For a log-normal law the share of samples held by
-  the 80% rarest classes is ``Phi(Phi^-1(0.8) - sigma)``; the defaults give about 11% as in
-  Pl@ntNet-300K (measure it with :func:`smoothtopk.data.longtail.share_of_rarest`).
+  genus mixes common and rare species). Without clipping, the share of samples held by
+  the 80% rarest classes would be ``Phi(Phi^-1(0.8) - sigma)``; clipping raises it
+  (measure it with :func:`smoothtopk.data.longtail.share_of_rarest`).
 * Validation and test follow the same profile: class ``c`` gets ``eval_ratio * n_c``
   samples in each, stochastically rounded (expected value exact), so rare classes are
   rare in every split.
 * Optional genus label noise on the training labels (see
   :func:`smoothtopk.data.label_noise.superclass_label_noise`).
+
+Defaults (:class:`SyntheticConfig`, seed 0): 200 classes in 40 genera of 5, 64-d features;
+class centres of a genus about ``0.12 * sqrt(2 * 64) = 1.4`` noise standard deviations
+apart, genera about 6.8 apart; 14,450 / 1,816 / 1,804 train/val/test samples; training
+counts 2 .. 1000 (median 8); the 80% rarest classes hold 12.2% of the training samples
+(Pl@ntNet-300K: 11%). A logistic regression reaches about 72% top-1 and 97% top-5 on the
+test split (most of its errors stay inside the genus); an MLP trains in well under a
+minute on one CPU thread.
 """
 
 from __future__ import annotations
