@@ -130,6 +130,21 @@ def _pytopk_imbal(setting: Setting) -> LossFn | None:
     ).to(setting.device)
 
 
+@contender("noised_topk_loss(all B·N·C draws)")
+def _noised_reference(setting: Setting) -> LossFn:
+    """The balanced noised loss on explicit noise: the readable reference sampler
+    (every Gaussian drawn), against which the default exact fast sampler is timed."""
+    from smoothtopk.functional import noised_topk_loss
+
+    def loss(scores: Tensor, target: Tensor) -> Tensor:
+        noise = torch.randn((setting.n_samples, *scores.shape), device=scores.device,
+                            dtype=scores.dtype)
+        return noised_topk_loss(scores, target, k=setting.k, epsilon=setting.epsilon,
+                                n_samples=setting.n_samples, noise=noise)
+
+    return loss
+
+
 # ---------------------------------------------------------------------------- timing
 
 

@@ -212,3 +212,23 @@ def test_backward_keeps_no_per_draw_tensor(peaked):
     loss.backward()
     assert max(saved) <= n * c  # nothing bigger than the scores themselves
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize(("epsilon", "dense"), [(0.1, False), (3.0, True)])
+def test_switches_to_full_draws_only_when_most_classes_compete(monkeypatch, epsilon, dense):
+    calls = {"dense": 0, "sparse": 0}
+    real_dense, real_sparse = perturbed._dense, perturbed._exceedance_columns
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(perturbed, "_dense", count("dense", real_dense))
+    monkeypatch.setattr(perturbed, "_exceedance_columns", count("sparse", real_sparse))
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(32, 1000, generator=gen)
+    x[:, :5] += 8.0
+    sample_perturbed_kth(x, 6, epsilon, 5, generator=gen)
+    assert calls == ({"dense": 1, "sparse": 0} if dense else {"dense": 0, "sparse": 1})

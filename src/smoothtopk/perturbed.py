@@ -168,7 +168,7 @@ def sample_perturbed_kth(
         b, r, col = hit.nonzero(as_tuple=True)
         pair, hit_values = b * rows + r, full[b, r, col]
     else:
-        if float(q.sum()) > _DENSE_FRACTION * q.numel() * cols:
+        if float(q.mean()) > _DENSE_FRACTION:
             full = torch.randn((n_samples, rows, cols), generator=generator, device=device,
                                dtype=dtype)
             full.scatter_(-1, cand_columns, cand_noise)  # candidates keep their draws
