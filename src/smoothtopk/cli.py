@@ -7,7 +7,6 @@ checkpoints, bad arguments) is reported as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import warnings
 from collections.abc import Sequence
@@ -306,9 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_engine() -> None:
-    """Keep Lightning's start-up chatter and advisory warnings out of the output."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    """Keep Lightning's advisory warnings out of the output."""
     for pattern in (".*does not have many workers.*", ".*sync_dist=True.*",
                     ".*number of training batches.*", ".*LeafSpec.*",
                     ".*Checkpoint directory .* exists and is not empty.*",

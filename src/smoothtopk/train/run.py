@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import shutil
 import time
@@ -125,6 +126,9 @@ def build_trainer(config: TrainConfig, run_dir: Path | None, callbacks: Sequence
 
     from .checkpoint import AtomicCheckpointIO
 
+    if config.progress != "bar":  # start-up and checkpoint-restoring notices
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     callbacks = list(callbacks)
     if config.progress == "bar":
         callbacks.append(TQDMProgressBar(refresh_rate=10, leave=True))
