@@ -25,7 +25,8 @@ entries) shifted so that its K-th largest entry ``u_(K)`` is 0:
   add less than ``j·n·e^{−Λ} <= ε/2`` relative to ``σ_j`` (``j = K−1, K``), and their
   gradient is below ``ε/(2n)``. Every product of at most ``K`` kept weights is then
   ``>= e^{−KΛ}``, a normal float64 while ``KΛ <= 700`` (float32 inputs: up to ``K = 22`` at
-  ``C = 10^5``); beyond that the bulk goes through the log-space product too;
+  ``C = 10^5``); beyond that the bulk goes through the log-space product too (plain
+  autograd, which keeps ``O(N·C·K)`` intermediates);
 * the bulk polynomial is built by the recursion ``σ ← σ + w_i·X·σ`` run side by side on
   ``G`` blocks of ``B = 4(K+1)`` entries (``B`` vectorised steps), then a product tree over
   the blocks. Its backward (custom) is the tree's transpose and the adjoint recursion over
@@ -157,8 +158,10 @@ def _log_product(polys: Tensor, degree: int) -> Tensor:
 
 
 class _BulkPolynomial(torch.autograd.Function):
-    """Coefficients ``(K+1, R)`` of ``Π_i (1 + w_i X)``, ``w = exp(u)`` where ``keep``, else 0,
-    in float64, for ``u (R, n)``.
+    """Coefficients ``(K+1, R)`` of ``Π_i (1 + w_i X)`` in float64 for the weights
+    ``w = exp(u)``, ``u = (s − shift)·scale``, of the entries of ``s (R, n)`` with
+    ``u >= floor`` that are not in ``exclude (R, m)`` (the others weigh 0). ``shift`` and
+    ``floor`` (per row, ``(R, 1)``) are constants (no gradient).
 
     The entries are split into ``G`` blocks ``{g, g+G, g+2G, ...}`` (zero-padded to
     ``B·G``); the recursion ``σ_j ← σ_j + w_i σ_{j−1}`` runs on all blocks at once (``B``
@@ -169,11 +172,14 @@ class _BulkPolynomial(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, u: Tensor, keep: Tensor, degree: int, steps: int
+        ctx, s: Tensor, shift: Tensor, scale: float, floor: Tensor, exclude: Tensor,
+        degree: int, steps: int,
     ) -> Tensor:
-        rows, n = u.shape
+        rows, n = s.shape
         blocks = -(-n // steps)
-        w = torch.where(keep, u, -math.inf).exp_().double()
+        u = (s - shift).mul_(scale)
+        keep = (u >= floor).scatter_(1, exclude, False)
+        w = u.masked_fill_(~keep, -math.inf).exp_().double()
         wb = F.pad(w, (0, steps * blocks - n)).view(rows, steps, blocks)
         state = wb.new_zeros(degree + 1, rows, blocks)
         state[0] = 1.0
@@ -189,13 +195,13 @@ class _BulkPolynomial(torch.autograd.Function):
             levels.append((state[..., 0::2], state[..., 1::2], width))
             state = _lin_mul(levels[-1][0], levels[-1][1], degree)
         ctx.save_for_backward(wb)
-        ctx.levels, ctx.n, ctx.dtype = levels, n, u.dtype
+        ctx.levels, ctx.n, ctx.dtype, ctx.scale = levels, n, s.dtype, scale
         return state[..., 0]
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx, grad: Tensor
-    ) -> tuple[Tensor, None, None, None]:
+    ) -> tuple[Tensor, None, None, None, None, None, None]:
         (wb,) = ctx.saved_tensors
         rows, steps, blocks = wb.shape
         degree = grad.shape[0] - 1
@@ -222,9 +228,9 @@ class _BulkPolynomial(torch.autograd.Function):
                 torch.addcmul(lo[i + 1], hi[i + 1], w_all[i], out=lo[i])
             # d σ^{(i+1)}_j / d w_i = σ^{(i)}_{j−1}
             torch.sum(adj[1:, 1:] * st[:-1, :-1], 1, out=grad_wb[r0:r0 + chunk].transpose(0, 1))
-        # d w / d u = w
-        grad_u = grad_wb.mul_(wb).view(rows, steps * blocks)[:, : ctx.n]
-        return grad_u.to(ctx.dtype), None, None, None
+        # d w / d s = w · scale
+        grad_s = grad_wb.mul_(wb).view(rows, steps * blocks)[:, : ctx.n].mul_(ctx.scale)
+        return grad_s.to(ctx.dtype), None, None, None, None, None, None
 
 
 def _syncs_freely(device: torch.device) -> bool:
@@ -244,43 +250,51 @@ def _leaf_polys(logw: Tensor) -> Tensor:
     return torch.stack([torch.zeros_like(logw), logw])
 
 
-def _esp_margin(u: Tensor, lead: Tensor, lead_idx: Tensor, k: int, eps: float) -> Tensor:
-    """``log σ_K(e^u) − log σ_{K−1}(e^u)`` per row (float64) for ``u (R, C)`` holding
-    ``−inf`` at the label, shifted so that its K-th largest entry is 0; ``lead``,
-    ``lead_idx``: its ``K−1`` largest entries and their columns."""
-    n = u.shape[1] - 1
+def _esp_margin(
+    s: Tensor, label: Tensor, top: Tensor, top_idx: Tensor, k: int, scale: float, eps: float
+) -> tuple[Tensor, Tensor]:
+    """``D = log σ_K − log σ_{K−1}`` (float64) of ``e = exp((s − c)·scale)`` without the
+    ``label`` column, per row, and the constant shift ``c (R, 1)`` it is relative to.
+    ``top``, ``top_idx``: the K+1 largest entries of ``s`` without the label (no grad)."""
+    n = s.shape[1] - 1
     cut = math.log(2.0 * k * n / eps)
-    keep = u >= -cut
     linear = k * cut <= _LINEAR_RANGE
-    steps = min(u.shape[1], _STEPS_PER_DEGREE * (k + 1))
-    if linear and _syncs_freely(u.device) and bool((lead[:, 0] <= _LINEAR_RANGE / k - cut).all()):
+    steps = min(s.shape[1], _STEPS_PER_DEGREE * (k + 1))
+    span = (top[:, 0] - top[:, k - 1]) * scale
+    if linear and _syncs_freely(s.device) and bool((span <= _LINEAR_RANGE / k - cut).all()):
         # every row spans so little that all of it fits the linear range: no split
-        # (shifting by the row maximum changes D by exactly the shift)
-        shift = lead[:, :1].detach()
-        log_all = _log_linear(_BulkPolynomial.apply(u - shift, keep, k, steps))
-        return log_all[k] - log_all[k - 1] + shift.squeeze(1).double()
-    top = _log_product(_leaf_polys(lead.double()), k)  # (K, R): degrees < K
-    keep = keep.scatter_(1, lead_idx, False)
+        shift, floor = top[:, :1], (-cut - span).unsqueeze(1)
+        log_all = _log_linear(_BulkPolynomial.apply(s, shift, scale, floor, label, k, steps))
+        return log_all[k] - log_all[k - 1], shift
+    shift = top[:, k - 1 : k]
+    lead = (s.gather(1, top_idx[:, : k - 1]) - shift).double() * scale
+    log_top = _log_product(_leaf_polys(lead), k)  # (K, R): degrees < K
+    exclude = torch.cat([label, top_idx[:, : k - 1]], 1)
     if linear:
-        log_bulk = _log_linear(_BulkPolynomial.apply(u, keep, k, steps))
+        floor = torch.full_like(shift, -cut)
+        bulk = _BulkPolynomial.apply(s, shift, scale, floor, exclude, k, steps)
+        log_bulk = _log_linear(bulk)
     else:
+        u = (s - shift) * scale
+        keep = (u.detach() >= -cut).scatter_(1, exclude, False)
         log_bulk = _log_product(_leaf_polys(torch.where(keep, u.double(), _LOG_ZERO)), k)
-    both = _log_mul(top, log_bulk, k)  # (K+1, R)
-    return both[k] - both[k - 1]
+    both = _log_mul(log_top, log_bulk, k)  # (K+1, R)
+    return both[k] - both[k - 1], shift
 
 
 def _svm_rows(scores: Tensor, target: Tensor, k: int, tau: float, alpha: float) -> Tensor:
-    """Per-row loss (float64) for ``K >= 2`` (see the module docstring)."""
+    """Per-row loss (float64) for ``K >= 2`` (see the module docstring). The smooth rows
+    are computed relative to a constant per-row shift ``c`` (the loss does not depend on
+    it: ``D`` moves by exactly ``−c·scale``), so gradients flow only through the scores."""
     eps = torch.finfo(scores.dtype).eps
     n = scores.shape[1] - 1
-    col = target.unsqueeze(1)
-    masked = scores.scatter(1, col, -math.inf)
-    top, top_idx = masked.topk(k + 1, dim=1)
     scale = 1.0 / (k * tau)
-    kth = top[:, k - 1 : k]
+    label = target.unsqueeze(1)
+    top, top_idx = scores.detach().scatter(1, label, -math.inf).topk(k + 1, dim=1)
+    s_y = scores.gather(1, label).squeeze(1).double()
     # hard rows: α/τ + u_(K) − u_y
-    margin = alpha / tau - (scores.gather(1, col) - kth).squeeze(1).double() * scale
-    gaps = (top[:, k - 2 : k] - top[:, k - 1 : k + 1]).detach().double() * scale
+    hard_x = alpha / tau - (s_y - scores.gather(1, top_idx[:, k - 1 : k]).squeeze(1)) * scale
+    gaps = (top[:, k - 2 : k] - top[:, k - 1 : k + 1]).double() * scale
     j = torch.tensor([k - 1, k], dtype=torch.float64, device=scores.device)
     need = torch.log(2.0 * j * (n - j) / eps)  # −inf where a single j-subset exists
     hard = (gaps >= need).all(1)
@@ -288,17 +302,18 @@ def _svm_rows(scores: Tensor, target: Tensor, k: int, tau: float, alpha: float) 
     if _syncs_freely(scores.device):  # skip the hard rows
         rows = (~hard).nonzero().squeeze(1)
         if rows.numel() == 0:
-            return tau * torch.logaddexp(margin, torch.zeros_like(margin))
+            return tau * torch.logaddexp(hard_x, torch.zeros_like(hard_x))
         if rows.numel() == hard.numel():
             rows = None
-    if rows is not None:
-        masked, top, top_idx, kth = masked[rows], top[rows], top_idx[rows], kth[rows]
-    smooth = _esp_margin((masked - kth) * scale, (top[:, : k - 1] - kth) * scale,
-                         top_idx[:, : k - 1], k, eps)
-    if rows is not None:
-        x = margin.index_put((rows,), margin[rows] + smooth)
+    if rows is None:
+        d, shift = _esp_margin(scores, label, top, top_idx, k, scale, eps)
+        smooth_x = alpha / tau - (s_y - shift.squeeze(1)) * scale + d
+        x = torch.where(hard, hard_x, smooth_x)
     else:
-        x = torch.where(hard, margin, margin + smooth)
+        d, shift = _esp_margin(scores[rows], label[rows], top[rows], top_idx[rows], k, scale,
+                               eps)
+        smooth_x = alpha / tau - (s_y[rows] - shift.squeeze(1)) * scale + d
+        x = hard_x.index_put((rows,), smooth_x)
     return tau * torch.logaddexp(x, torch.zeros_like(x))
 
 
