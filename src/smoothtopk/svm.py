@@ -180,11 +180,13 @@ class _BulkPolynomial(torch.autograd.Function):
         u = (s - shift).mul_(scale)
         keep = (u >= floor).scatter_(1, exclude, False)
         w = u.masked_fill_(~keep, -math.inf).exp_().double()
-        wb = F.pad(w, (0, steps * blocks - n)).view(rows, steps, blocks)
+        # (steps, R, G), so that each step reads one contiguous (R, G) slice
+        wb = F.pad(w, (0, steps * blocks - n)).view(rows, steps, blocks).transpose(0, 1)
+        wb = wb.contiguous()
         state = wb.new_zeros(degree + 1, rows, blocks)
         state[0] = 1.0
         spare = state.clone()
-        for w_i in wb.unbind(1):
+        for w_i in wb.unbind(0):
             torch.addcmul(state[1:], state[:-1], w_i, out=spare[1:])
             state, spare = spare, state
         levels = []
@@ -203,7 +205,7 @@ class _BulkPolynomial(torch.autograd.Function):
         ctx, grad: Tensor
     ) -> tuple[Tensor, None, None, None, None, None, None]:
         (wb,) = ctx.saved_tensors
-        rows, steps, blocks = wb.shape
+        steps, rows, blocks = wb.shape
         degree = grad.shape[0] - 1
         grad = grad.unsqueeze(-1)
         for a, b, width in reversed(ctx.levels):
@@ -214,11 +216,11 @@ class _BulkPolynomial(torch.autograd.Function):
         states = wb.new_empty(steps + 1, degree + 1, min(chunk, rows), blocks)
         adjoints = torch.empty_like(states)
         for r0 in range(0, rows, chunk):
-            w = wb[r0:r0 + chunk]
-            st, adj = states[:, :, : w.shape[0]], adjoints[:, :, : w.shape[0]]
+            w = wb[:, r0:r0 + chunk]
+            st, adj = states[:, :, : w.shape[1]], adjoints[:, :, : w.shape[1]]
             st[0].zero_()
             st[:, 0] = 1.0
-            w_all, lo, hi = w.unbind(1), st[:, :-1].unbind(0), st[:, 1:].unbind(0)
+            w_all, lo, hi = w.unbind(0), st[:, :-1].unbind(0), st[:, 1:].unbind(0)
             for i in range(steps):
                 torch.addcmul(hi[i], lo[i], w_all[i], out=hi[i + 1])
             adj[steps] = grad[:, r0:r0 + chunk]
@@ -227,10 +229,10 @@ class _BulkPolynomial(torch.autograd.Function):
             for i in range(steps - 1, -1, -1):
                 torch.addcmul(lo[i + 1], hi[i + 1], w_all[i], out=lo[i])
             # d σ^{(i+1)}_j / d w_i = σ^{(i)}_{j−1}
-            torch.sum(adj[1:, 1:] * st[:-1, :-1], 1, out=grad_wb[r0:r0 + chunk].transpose(0, 1))
+            torch.sum(adj[1:, 1:] * st[:-1, :-1], 1, out=grad_wb[:, r0:r0 + chunk])
         # d w / d s = w · scale
-        grad_s = grad_wb.mul_(wb).view(rows, steps * blocks)[:, : ctx.n].mul_(ctx.scale)
-        return grad_s.to(ctx.dtype), None, None, None, None, None, None
+        grad_s = grad_wb.mul_(wb).mul_(ctx.scale).transpose(0, 1).reshape(rows, -1)
+        return grad_s[:, : ctx.n].to(ctx.dtype), None, None, None, None, None, None
 
 
 def _syncs_freely(device: torch.device) -> bool:
