@@ -261,7 +261,7 @@ def _esp_margin(
     n = s.shape[1] - 1
     cut = math.log(2.0 * k * n / eps)
     linear = k * cut <= _LINEAR_RANGE
-    steps = min(s.shape[1], _STEPS_PER_DEGREE * (k + 1))
+    steps = min(math.isqrt(s.shape[1]) + 1, _STEPS_PER_DEGREE * (k + 1))
     span = (top[:, 0] - top[:, k - 1]) * scale
     if linear and _syncs_freely(s.device) and bool((span <= _LINEAR_RANGE / k - cut).all()):
         # every row spans so little that all of it fits the linear range: no split
