@@ -28,14 +28,14 @@ entries) shifted so that its K-th largest entry ``u_(K)`` is 0:
   ``C = 10^5``); beyond that the bulk goes through the log-space product too (plain
   autograd, which keeps ``O(N·C·K)`` intermediates);
 * the bulk polynomial is built by the recursion ``σ ← σ + w_i·X·σ`` run side by side on
-  ``G`` blocks of ``B = 4(K+1)`` entries (``B`` vectorised steps), then a product tree over
-  the blocks. Its backward (custom) is the tree's transpose and the adjoint recursion over
-  states recomputed by chunks of rows (memory stays ``O(N·C)``): only products and sums
-  of non-negative numbers, hence no cancellation, unlike the subtraction recursion
-  ``σ_j(e∖i) = σ_j(e) − e_i σ_{j−1}(e∖i)``;
+  ``G`` blocks of ``B = min(4(K+1), ⌊√C⌋+1)`` entries (``B`` vectorised steps), then a
+  product tree over the blocks. Its backward (custom) is the tree's transpose and the
+  adjoint recursion over states recomputed by chunks of rows (memory stays ``O(N·C)``):
+  only products and sums of non-negative numbers, hence no cancellation, unlike the
+  subtraction recursion ``σ_j(e∖i) = σ_j(e) − e_i σ_{j−1}(e∖i)``;
 * the two parts are combined by a log-space convolution. On CPU, when every row of the
   batch spans so little (``u_(1) <= 700/K − Λ``) that it all fits the linear range, the
-  split is skipped: the whole row, shifted by its maximum, is the bulk.
+  split is skipped: the whole row, shifted by its maximum, is the bulk (same band).
 
 Hard rows. With gaps ``g_j = u_(j) − u_(j+1)`` of the sorted ``u``, a j-subset that swaps
 ``r`` of the top-j entries for others weighs at most ``e^{−r g_j}`` of the top-j one, and
