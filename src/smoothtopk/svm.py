@@ -211,7 +211,8 @@ class _BulkPolynomial(torch.autograd.Function):
         for a, b, width in reversed(ctx.levels):
             grad_a, grad_b = _lin_mul_backward(grad, a, b)
             grad = torch.stack([grad_a, grad_b], -1).flatten(-2)[..., :width]
-        grad_wb = torch.empty_like(wb)
+        grad_s = wb.new_empty(rows, steps, blocks)
+        grad_wb = grad_s.transpose(0, 1)  # laid out like wb, written in place
         chunk = max(1, _STATE_BUDGET // (2 * (steps + 1) * (degree + 1) * blocks))
         states = wb.new_empty(steps + 1, degree + 1, min(chunk, rows), blocks)
         adjoints = torch.empty_like(states)
@@ -230,9 +231,9 @@ class _BulkPolynomial(torch.autograd.Function):
                 torch.addcmul(lo[i + 1], hi[i + 1], w_all[i], out=lo[i])
             # d σ^{(i+1)}_j / d w_i = σ^{(i)}_{j−1}
             torch.sum(adj[1:, 1:] * st[:-1, :-1], 1, out=grad_wb[:, r0:r0 + chunk])
-        # d w / d s = w · scale
-        grad_s = grad_wb.mul_(wb).mul_(ctx.scale).transpose(0, 1).reshape(rows, -1)
-        return grad_s[:, : ctx.n].to(ctx.dtype), None, None, None, None, None, None
+        grad_wb.mul_(wb).mul_(ctx.scale)  # d w / d s = w · scale
+        grad_s = grad_s.view(rows, steps * blocks)[:, : ctx.n].to(ctx.dtype)
+        return grad_s, None, None, None, None, None, None
 
 
 def _syncs_freely(device: torch.device) -> bool:
@@ -253,11 +254,13 @@ def _leaf_polys(logw: Tensor) -> Tensor:
 
 
 def _esp_margin(
-    s: Tensor, label: Tensor, top: Tensor, top_idx: Tensor, k: int, scale: float, eps: float
+    s: Tensor, label: Tensor, top: Tensor, top_idx: Tensor, lead: Tensor, k: int,
+    scale: float, eps: float,
 ) -> tuple[Tensor, Tensor]:
     """``D = log σ_K − log σ_{K−1}`` (float64) of ``e = exp((s − c)·scale)`` without the
     ``label`` column, per row, and the constant shift ``c (R, 1)`` it is relative to.
-    ``top``, ``top_idx``: the K+1 largest entries of ``s`` without the label (no grad)."""
+    ``top``, ``top_idx``: the K+1 largest entries of ``s`` without the label (no grad);
+    ``lead``: the K−1 largest, with their gradient."""
     n = s.shape[1] - 1
     cut = math.log(2.0 * k * n / eps)
     linear = k * cut <= _LINEAR_RANGE
@@ -269,8 +272,7 @@ def _esp_margin(
         log_all = _log_linear(_BulkPolynomial.apply(s, shift, scale, floor, label, k, steps))
         return log_all[k] - log_all[k - 1], shift
     shift = top[:, k - 1 : k]
-    lead = (s.gather(1, top_idx[:, : k - 1]) - shift).double() * scale
-    log_top = _log_product(_leaf_polys(lead), k)  # (K, R): degrees < K
+    log_top = _log_product(_leaf_polys((lead - shift).double() * scale), k)  # degrees < K
     exclude = torch.cat([label, top_idx[:, : k - 1]], 1)
     if linear:
         floor = torch.full_like(shift, -cut)
@@ -293,9 +295,11 @@ def _svm_rows(scores: Tensor, target: Tensor, k: int, tau: float, alpha: float) 
     scale = 1.0 / (k * tau)
     label = target.unsqueeze(1)
     top, top_idx = scores.detach().scatter(1, label, -math.inf).topk(k + 1, dim=1)
-    s_y = scores.gather(1, label).squeeze(1).double()
+    # label, K−1 leading and K-th scores, with their gradient (one gather)
+    picked = scores.gather(1, torch.cat([label, top_idx[:, :k]], 1))
+    s_y, lead = picked[:, 0].double(), picked[:, 1:k]
     # hard rows: α/τ + u_(K) − u_y
-    hard_x = alpha / tau - (s_y - scores.gather(1, top_idx[:, k - 1 : k]).squeeze(1)) * scale
+    hard_x = alpha / tau - (s_y - picked[:, k]) * scale
     gaps = (top[:, k - 2 : k] - top[:, k - 1 : k + 1]).double() * scale
     j = torch.tensor([k - 1, k], dtype=torch.float64, device=scores.device)
     need = torch.log(2.0 * j * (n - j) / eps)  # −inf where a single j-subset exists
@@ -308,12 +312,12 @@ def _svm_rows(scores: Tensor, target: Tensor, k: int, tau: float, alpha: float) 
         if rows.numel() == hard.numel():
             rows = None
     if rows is None:
-        d, shift = _esp_margin(scores, label, top, top_idx, k, scale, eps)
+        d, shift = _esp_margin(scores, label, top, top_idx, lead, k, scale, eps)
         smooth_x = alpha / tau - (s_y - shift.squeeze(1)) * scale + d
         x = torch.where(hard, hard_x, smooth_x)
     else:
-        d, shift = _esp_margin(scores[rows], label[rows], top[rows], top_idx[rows], k, scale,
-                               eps)
+        d, shift = _esp_margin(scores[rows], label[rows], top[rows], top_idx[rows], lead[rows],
+                               k, scale, eps)
         smooth_x = alpha / tau - (s_y[rows] - shift.squeeze(1)) * scale + d
         x = hard_x.index_put((rows,), smooth_x)
     return tau * torch.logaddexp(x, torch.zeros_like(x))
