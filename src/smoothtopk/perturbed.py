@@ -25,12 +25,17 @@ Algorithm, per row (all rows and draws are processed at once, without Python loo
 
 Exactness: steps 1–4 draw exactly the law of the ``C`` perturbed scores restricted to the
 entries that can be among the ``k`` largest, so the (value, column) pair has exactly the
-law of the reference; there is **no pruning error** (no bound to state), only
-floating-point rounding (an entry that the reference would round to exactly ``T`` may tie
-differently). When the expected number of exceedances is large (ε large compared with the
-spread of the scores, so that most classes can enter the top-k), the remaining noise is
-drawn in full for the whole call (the candidates keep their draws, which keeps the law
-exact); this is the reference's cost.
+law of the reference; there is **no pruning error** (no bound to state). The only
+departures are floating-point ones: when float rounding makes two perturbed entries
+exactly equal (e.g. ε = 1e-6 on tied float32 scores) ``torch.topk`` breaks the tie by
+position, and positions differ between a full row and the candidate list, so the column
+(never the value) of such a tie may differ. When the mean exceedance probability is large
+(ε large against the spread of the top scores, so that most classes can enter the top-k;
+e.g. N(0, 1) scores with ε = 1), the remaining noise is drawn in full for the whole call,
+the candidates keeping their draws. The choice depends on the candidates' draws only,
+which are independent of the other classes' noise, so either branch draws that noise from
+its law given the candidates' draws: the law stays exact, at the reference's cost. Rows
+with ``C <= 2M`` are drawn in full directly.
 
 Cost per row and draw: ``M`` Gaussians plus ``O(1 + C·q)`` uniforms; one ``topk`` of size
 ``M+1`` over the clean scores per row (shared by the draws). Extra memory: one byte per
