@@ -179,10 +179,14 @@ class _BulkPolynomial(torch.autograd.Function):
         blocks = -(-n // steps)
         u = (s - shift).mul_(scale)
         keep = (u >= floor).scatter_(1, exclude, False)
-        w = u.masked_fill_(~keep, -math.inf).exp_().double()
-        # (steps, R, G), so that each step reads one contiguous (R, G) slice
-        wb = F.pad(w, (0, steps * blocks - n)).view(rows, steps, blocks).transpose(0, 1)
-        wb = wb.contiguous()
+        w = u.masked_fill_(~keep, -math.inf).exp_()
+        # float64 weights laid out (steps, R, G), zero-padded, so that each step reads one
+        # contiguous (R, G) slice: entry i·G + g of a row goes to [i, row, g]
+        wb = s.new_zeros(steps, rows, blocks, dtype=torch.float64)
+        full = n // blocks
+        wb[:full].copy_(w[:, : full * blocks].view(rows, full, blocks).transpose(0, 1))
+        if full < steps:
+            wb[full, :, : n - full * blocks] = w[:, full * blocks :]
         state = wb.new_zeros(degree + 1, rows, blocks)
         state[0] = 1.0
         spare = state.clone()
