@@ -23,6 +23,7 @@ from smoothtopk.ops import _perturbed_kth_reference, smooth_kth_largest
 from smoothtopk.perturbed import _exceedance_columns, sample_perturbed_kth
 
 Z_MAX = 4.0  # standard errors allowed in every statistical comparison
+_TAIL = math.erfc(Z_MAX / math.sqrt(2))  # two-sided tail of one 4-s.e. comparison
 
 
 def _brute_force(x: torch.Tensor, k: int, epsilon: float, noise: torch.Tensor):
@@ -111,7 +112,10 @@ def _two_sample_checks(fast, ref, cols: int, groups: torch.Tensor | None = None)
     r_freq = torch.bincount(ri.flatten(), minlength=cols).double() / n
     p = (f_freq + r_freq) / 2
     se = (2 * p * (1 - p) / n).sqrt()
-    assert bool(((f_freq - r_freq).abs() <= Z_MAX * se + 1.0 / n).all())
+    # one test per column: Bonferroni, so that the family errs as rarely as one 4-s.e. test
+    cells = int((p > 0).sum())
+    z_cell = -torch.special.ndtri(torch.tensor(_TAIL / cells, dtype=torch.float64)).item()
+    assert bool(((f_freq - r_freq).abs() <= z_cell * se + 1.0 / n).all())
 
 
 @pytest.mark.parametrize(
@@ -128,6 +132,7 @@ def _two_sample_checks(fast, ref, cols: int, groups: torch.Tensor | None = None)
 def test_law_matches_reference(monkeypatch, scores, cols, k, epsilon, n_candidates):
     # keep the sparse path even where it would switch to full draws for speed
     monkeypatch.setattr(perturbed, "_DENSE_FRACTION", 1.0)
+    monkeypatch.setattr(perturbed, "_DENSE_SPREAD", math.inf)
     gen = torch.Generator().manual_seed(cols * k)
     row = _adversarial(scores, 1, cols, gen)
     x = row.expand(4000, cols).contiguous()  # 4000 rows x 5 draws of one row's law
@@ -214,8 +219,14 @@ def test_backward_keeps_no_per_draw_tensor(peaked):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize(("epsilon", "dense"), [(0.1, False), (3.0, True)])
-def test_switches_to_full_draws_only_when_most_classes_compete(monkeypatch, epsilon, dense):
+@pytest.mark.parametrize(("scores", "epsilon", "dense"), [
+    ("peaked", 0.1, False),
+    ("peaked", 3.0, True),  # noise beyond the scores' spread: all drawn at once
+    ("plateau", 1.0, True),  # wide spread, but half the classes tied at the top
+])
+def test_switches_to_full_draws_only_when_most_classes_compete(
+    monkeypatch, scores, epsilon, dense
+):
     calls = {"dense": 0, "sparse": 0}
     real_dense, real_sparse = perturbed._dense, perturbed._exceedance_columns
 
@@ -228,7 +239,11 @@ def test_switches_to_full_draws_only_when_most_classes_compete(monkeypatch, epsi
     monkeypatch.setattr(perturbed, "_dense", count("dense", real_dense))
     monkeypatch.setattr(perturbed, "_exceedance_columns", count("sparse", real_sparse))
     gen = torch.Generator().manual_seed(4)
-    x = torch.randn(32, 1000, generator=gen)
-    x[:, :5] += 8.0
+    if scores == "peaked":
+        x = torch.randn(32, 1000, generator=gen)
+        x[:, :5] += 8.0
+    else:
+        x = torch.zeros(32, 1000)
+        x[:, 500:] = -100.0
     sample_perturbed_kth(x, 6, epsilon, 5, generator=gen)
     assert calls == ({"dense": 1, "sparse": 0} if dense else {"dense": 0, "sparse": 1})

@@ -63,6 +63,19 @@ DEFAULT_EXTRA_CANDIDATES = 8
 # row would be proposed as exceedances: each proposal costs some forty indexing and
 # elementwise passes, against about two for a plain Gaussian in the dense computation.
 _DENSE_FRACTION = 1 / 32
+# ... and from the outset when ε >= _DENSE_SPREAD × the scores' spread (_noise_dominates).
+_DENSE_SPREAD = 0.5
+
+
+def _noise_dominates(x2d: Tensor, epsilon: float) -> bool:
+    """Whether ε is so large against the spread of the scores (median over rows of their
+    standard deviation) that most classes would be drawn as exceedances anyway: then all
+    the noise is drawn at once, sparing the candidate search. Depends on the scores only,
+    so the law is unchanged; a cheap pass against a ``topk`` over whole rows."""
+    if x2d.shape[1] < 2:
+        return True
+    spread = x2d.std(dim=1).median()
+    return bool(epsilon >= _DENSE_SPREAD * spread)
 
 
 def _dense(
@@ -145,7 +158,9 @@ def sample_perturbed_kth(
     device, dtype = x2d.device, x2d.dtype
     m = k + DEFAULT_EXTRA_CANDIDATES if n_candidates is None else n_candidates
     m = min(max(m, k), cols - 1)
-    if m < k or (noise is None and cols <= 2 * m):  # (almost) all classes are candidates
+    if noise is None and (cols <= 2 * m or _noise_dominates(x2d, epsilon)):
+        m = k - 1  # all classes drawn: few candidates, or most classes would be exceedances
+    if m < k:
         if noise is None:
             noise = torch.randn((n_samples, rows, cols), generator=generator, device=device,
                                 dtype=dtype)
