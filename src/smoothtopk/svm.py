@@ -233,8 +233,8 @@ class _BulkPolynomial(torch.autograd.Function):
             lo, hi = adj[:, :-1].unbind(0), adj[:, 1:].unbind(0)
             for i in range(steps - 1, -1, -1):
                 torch.addcmul(lo[i + 1], hi[i + 1], w_all[i], out=lo[i])
-            # d σ^{(i+1)}_j / d w_i = σ^{(i)}_{j−1}
-            torch.sum(adj[1:, 1:] * st[:-1, :-1], 1, out=grad_wb[:, r0:r0 + chunk])
+            # d σ^{(i+1)}_j / d w_i = σ^{(i)}_{j−1} (the states are not needed any more)
+            torch.sum(st[:-1, :-1].mul_(adj[1:, 1:]), 1, out=grad_wb[:, r0:r0 + chunk])
         grad_wb.mul_(wb).mul_(ctx.scale)  # d w / d s = w · scale
         grad_s = grad_s.view(rows, steps * blocks)[:, : ctx.n].to(ctx.dtype)
         return grad_s, None, None, None, None, None, None
