@@ -63,18 +63,18 @@ DEFAULT_EXTRA_CANDIDATES = 8
 # row would be proposed as exceedances: each proposal costs some forty indexing and
 # elementwise passes, against about two for a plain Gaussian in the dense computation.
 _DENSE_FRACTION = 1 / 32
-# ... and from the outset when ε >= _DENSE_SPREAD × the scores' spread (_noise_dominates).
-_DENSE_SPREAD = 0.5
+# ... and from the outset when ε >= _DENSE_SPREAD × the scores' spread (_noise_dominates;
+# N(0, 1) scores with ε = 1 qualify, a trained network's peaked scores with ε <= 0.2 not).
+_DENSE_SPREAD = 0.25
 
 
 def _noise_dominates(x2d: Tensor, epsilon: float) -> bool:
-    """Whether ε is so large against the spread of the scores (median over rows of their
-    standard deviation) that most classes would be drawn as exceedances anyway: then all
-    the noise is drawn at once, sparing the candidate search. Depends on the scores only,
-    so the law is unchanged; a cheap pass against a ``topk`` over whole rows."""
-    if x2d.shape[1] < 2:
-        return True
-    spread = x2d.std(dim=1).median()
+    """Whether ε is so large against the spread of the scores (median over rows of the
+    row's maximum minus its mean) that most classes would be drawn as exceedances anyway:
+    then all the noise is drawn at once, sparing the candidate search. Depends on the
+    scores only, so the law is unchanged; two vectorised reductions, far cheaper than a
+    ``topk`` (or a ``std``) over whole rows."""
+    spread = (x2d.amax(dim=1) - x2d.mean(dim=1)).median()
     return bool(epsilon >= _DENSE_SPREAD * spread)
 
 
