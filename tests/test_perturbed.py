@@ -240,10 +240,10 @@ def test_switches_to_full_draws_only_when_most_classes_compete(
     monkeypatch.setattr(perturbed, "_exceedance_columns", count("sparse", real_sparse))
     gen = torch.Generator().manual_seed(4)
     if scores == "peaked":
-        x = torch.randn(32, 1000, generator=gen)
+        x = torch.randn(64, 1000, generator=gen)
         x[:, :5] += 8.0
     else:
-        x = torch.zeros(32, 1000)
+        x = torch.zeros(64, 1000)
         x[:, 500:] = -100.0
     sample_perturbed_kth(x, 6, epsilon, 5, generator=gen)
     assert calls == ({"dense": 1, "sparse": 0} if dense else {"dense": 0, "sparse": 1})

@@ -34,8 +34,10 @@ position, and positions differ between a full row and the candidate list, so the
 e.g. N(0, 1) scores with ε = 1), the remaining noise is drawn in full for the whole call,
 the candidates keeping their draws. The choice depends on the candidates' draws only,
 which are independent of the other classes' noise, so either branch draws that noise from
-its law given the candidates' draws: the law stays exact, at the reference's cost. Rows
-with ``C <= 2M`` are drawn in full directly.
+its law given the candidates' draws: the law stays exact, at the reference's cost. All
+the noise is also drawn at once, from the outset, for short rows (``C <= 2M``), for small
+calls (at most ``2**18`` draws in all) and when ε is large against the scores' spread;
+these choices depend on the scores only.
 
 Cost per row and draw: ``M`` Gaussians plus ``O(1 + C·q)`` uniforms; one ``topk`` of size
 ``M+1`` over the clean scores per row (shared by the draws). Extra memory: one byte per
@@ -63,7 +65,10 @@ DEFAULT_EXTRA_CANDIDATES = 8
 # row would be proposed as exceedances: each proposal costs some forty indexing and
 # elementwise passes, against about two for a plain Gaussian in the dense computation.
 _DENSE_FRACTION = 1 / 32
-# ... and from the outset when ε >= _DENSE_SPREAD × the scores' spread (_noise_dominates;
+# ... and from the outset when there are at most _DENSE_DRAWS draws in all (the sparse
+# path costs some sixty small operations, about 2**18 Gaussians' worth on a CPU) ...
+_DENSE_DRAWS = 2**18
+# ... or when ε >= _DENSE_SPREAD × the scores' spread (_noise_dominates;
 # N(0, 1) scores with ε = 1 qualify, a trained network's peaked scores with ε <= 0.2 not).
 _DENSE_SPREAD = 0.25
 
@@ -158,8 +163,9 @@ def sample_perturbed_kth(
     device, dtype = x2d.device, x2d.dtype
     m = k + DEFAULT_EXTRA_CANDIDATES if n_candidates is None else n_candidates
     m = min(max(m, k), cols - 1)
-    if noise is None and (cols <= 2 * m or _noise_dominates(x2d, epsilon)):
-        m = k - 1  # all classes drawn: few candidates, or most classes would be exceedances
+    few = cols <= 2 * m or n_samples * rows * cols <= _DENSE_DRAWS
+    if noise is None and (few or _noise_dominates(x2d, epsilon)):
+        m = k - 1  # draw all: few draws in all, or most classes would be exceedances
     if m < k:
         if noise is None:
             noise = torch.randn((n_samples, rows, cols), generator=generator, device=device,
