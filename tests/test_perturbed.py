@@ -247,3 +247,41 @@ def test_switches_to_full_draws_only_when_most_classes_compete(
         x[:, 500:] = -100.0
     sample_perturbed_kth(x, 6, epsilon, 5, generator=gen)
     assert calls == ({"dense": 1, "sparse": 0} if dense else {"dense": 0, "sparse": 1})
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.5])
+@pytest.mark.parametrize("imbalanced", [False, True])
+def test_fused_hinge_equals_composed_autograd(epsilon, imbalanced):
+    """noised_hinge (one gradient buffer) == smooth_kth_largest + gather + relu, bitwise."""
+    gen = torch.Generator().manual_seed(8)
+    n, c, b = 40, 30, 4
+    scores = torch.randn(n, c, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, c, (n,), generator=gen)
+    target[:5] = scores[:5].topk(4, dim=1).indices[:, -1]  # label = the (K+1)-th largest
+    noise = torch.randn(b, n, c, generator=gen, dtype=torch.float64)
+    margins = torch.rand(c, generator=gen, dtype=torch.float64).requires_grad_()
+    scale = 60.0 if imbalanced else None
+
+    x1 = scores.clone().requires_grad_()
+    margin1 = margins[target] if imbalanced else 1.0
+    top = smooth_kth_largest(x1, 4, epsilon, b, dim=1, noise=noise)
+    label = x1.gather(1, target.unsqueeze(1)).squeeze(1)
+    composed = torch.relu(margin1 + top - label)
+    composed = composed if scale is None else scale * composed
+    weights = torch.rand(n, generator=gen, dtype=torch.float64)
+    (composed * weights).sum().backward()
+
+    x2 = scores.clone().requires_grad_()
+    margins2 = margins.detach().clone().requires_grad_()
+    x2d = x2.detach()
+    values, indices = (perturbed.sample_perturbed_kth(x2d, 4, epsilon, b, noise=noise)
+                       if epsilon > 0 else
+                       (x2d.topk(4, dim=1).values[:, -1:], x2d.topk(4, dim=1).indices[:, -1:]))
+    fused = perturbed.noised_hinge(x2, target, margins2[target] if imbalanced else 1.0,
+                                   values, indices, scale)
+    (fused * weights).sum().backward()
+
+    assert torch.equal(fused, composed)
+    assert torch.equal(x2.grad, x1.grad)
+    if imbalanced:
+        assert torch.equal(margins2.grad, margins.grad)

@@ -28,7 +28,8 @@ from smoothtopk._checks import (
     check_reduction,
     reduce,
 )
-from smoothtopk.ops import kth_largest, smooth_kth_largest, topk_sum
+from smoothtopk.ops import _check_smooth_args, _smooth_kth_draws, kth_largest, topk_sum
+from smoothtopk.perturbed import noised_hinge
 from smoothtopk.svm import smooth_topk_svm
 
 __all__ = [
@@ -58,6 +59,21 @@ def _prepare(input: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, int
 
 def _label_scores(scores: Tensor, target: Tensor) -> Tensor:
     return scores.gather(1, target.unsqueeze(1)).squeeze(1)
+
+
+def _noised_hinge(
+    scores: Tensor, target: Tensor, k: int, epsilon: float, n_samples: int,
+    generator: torch.Generator | None, noise: Tensor | None, margin: float | Tensor,
+    scale: float | None,
+) -> Tensor:
+    """``scale · (margin + top^_{K+1,ε,B}(s) − s_y)_+`` per row, in one autograd node:
+    :func:`smoothtopk.ops.smooth_kth_largest`'s draws, fused with the hinge
+    (:func:`smoothtopk.perturbed.noised_hinge`)."""
+    x2d, _, k, epsilon, n_samples, noise2d = _check_smooth_args(
+        scores, k + 1, epsilon, n_samples, 1, generator, noise
+    )
+    values, indices = _smooth_kth_draws(x2d, k, epsilon, n_samples, generator, noise2d)
+    return noised_hinge(scores, target, margin, values, indices, scale)
 
 
 def _check_margins(margins: object, num_classes: int, like: Tensor) -> Tensor:
@@ -178,9 +194,7 @@ def noised_topk_loss(
     scores, num_classes = _prepare(input, target, reduction)
     k = check_k(k, num_classes, needs_next=True)
     margin = check_real("margin", margin)
-    top = smooth_kth_largest(scores, k + 1, epsilon, n_samples, dim=1,
-                             generator=generator, noise=noise)
-    loss = F.relu(margin + top - _label_scores(scores, target))
+    loss = _noised_hinge(scores, target, k, epsilon, n_samples, generator, noise, margin, None)
     return reduce(loss, reduction)
 
 
@@ -209,9 +223,8 @@ def imbalanced_noised_topk_loss(
     k = check_k(k, num_classes, needs_next=True)
     margins = _check_margins(margins, num_classes, scores)
     scale = check_real("scale", scale, 0.0, low_inclusive=False)
-    top = smooth_kth_largest(scores, k + 1, epsilon, n_samples, dim=1,
-                             generator=generator, noise=noise)
-    loss = scale * F.relu(margins[target] + top - _label_scores(scores, target))
+    loss = _noised_hinge(scores, target, k, epsilon, n_samples, generator, noise,
+                         margins[target], scale)
     return reduce(loss, reduction)
 
 

@@ -241,15 +241,27 @@ def smooth_kth_largest(
     )
     if epsilon == 0.0:
         return kth_largest(x, k, dim)
-    with torch.no_grad():
-        if noise2d is None:  # same law, a few draws per row (smoothtopk.perturbed)
-            values, indices = sample_perturbed_kth(x2d, k, epsilon, n_samples, generator)
-        else:
-            values, indices = _perturbed_kth_reference(
-                x2d, k, epsilon, n_samples, generator, noise2d
-            )
+    values, indices = _smooth_kth_draws(x2d, k, epsilon, n_samples, generator, noise2d)
     out = _SelectedSum.apply(x2d, values, indices, 1.0 / n_samples)
     return out.reshape(out_shape)
+
+
+def _smooth_kth_draws(
+    x2d: Tensor, k: int, epsilon: float, n_samples: int,
+    generator: torch.Generator | None, noise2d: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Values and columns ``(R, B)`` of the perturbed k-th largest of each row (``(R, 1)``,
+    the exact k-th largest, for ``epsilon = 0``): their mean over the last axis is the
+    estimate, the average of their one-hots its gradient. Without ``noise2d`` the exact
+    fast sampler :func:`smoothtopk.perturbed.sample_perturbed_kth` draws them (same law
+    as the reference, a few draws per row)."""
+    with torch.no_grad():
+        if epsilon == 0.0:
+            values, indices = _kth_largest_with_index(x2d, k)
+            return values.unsqueeze(-1), indices.unsqueeze(-1)
+        if noise2d is None:
+            return sample_perturbed_kth(x2d, k, epsilon, n_samples, generator)
+        return _perturbed_kth_reference(x2d, k, epsilon, n_samples, generator, noise2d)
 
 
 class SmoothKthLargest(nn.Module):

@@ -55,8 +55,10 @@ import math
 
 import torch
 from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
 
-__all__ = ["DEFAULT_EXTRA_CANDIDATES", "sample_perturbed_kth"]
+__all__ = ["DEFAULT_EXTRA_CANDIDATES", "noised_hinge", "sample_perturbed_kth"]
 
 #: ``M = k + DEFAULT_EXTRA_CANDIDATES`` candidates per row (capped at ``C − 1``).
 DEFAULT_EXTRA_CANDIDATES = 8
@@ -232,3 +234,50 @@ def sample_perturbed_kth(
     values = top_values[:, -1].reshape(n_samples, rows)
     indices = top_columns[:, -1].reshape(n_samples, rows)
     return values.t(), indices.t()
+
+
+class _NoisedHinge(Function):
+    """Per row ``scale · (margin + (1/B) Σ_b values[r, b] − s_y)_+`` whose backward writes
+    one ``(N, C)`` gradient: ``scale · 1{hinge > 0} · ((1/B) Σ_b onehot(indices[r, b]) − δ_y)``
+    (the composed autograd graph would zero-fill two and add them). Saves ``target``,
+    ``indices`` and the ``(N,)`` hinge only."""
+
+    @staticmethod
+    def forward(ctx, scores, target, margin, values, indices, scale):
+        top = values.sum(dim=-1) * (1.0 / values.shape[-1])
+        label = scores.gather(1, target.unsqueeze(1)).squeeze(1)
+        hinge = torch.relu(margin + top - label)
+        ctx.save_for_backward(target, indices, hinge)
+        ctx.scale, ctx.shape = scale, scores.shape
+        return hinge if scale is None else scale * hinge
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        target, indices, hinge = ctx.saved_tensors
+        if ctx.scale is not None:
+            grad = grad * ctx.scale
+        grad = grad * (hinge > 0)
+        grad_scores = None
+        if ctx.needs_input_grad[0]:
+            share = (grad * (1.0 / indices.shape[-1])).unsqueeze(-1).expand(indices.shape)
+            grad_scores = grad.new_zeros(ctx.shape).scatter_add_(1, indices, share)
+            grad_scores.scatter_add_(1, target.unsqueeze(1), -grad.unsqueeze(1))
+        grad_margin = grad if ctx.needs_input_grad[2] else None
+        return grad_scores, None, grad_margin, None, None, None
+
+
+def noised_hinge(
+    scores: Tensor, target: Tensor, margin: float | Tensor, values: Tensor, indices: Tensor,
+    scale: float | None = None,
+) -> Tensor:
+    """The noised top-K hinge of each row from the draws of its (K+1)-th largest, fused.
+
+    ``scale · relu(margin + mean_b(values) − scores[r, target[r]])`` (``scale = None``: no
+    factor) with ``scores (N, C)``, ``target (N,)``, ``margin`` a float or ``(N,)`` tensor
+    (differentiable), ``values``/``indices`` ``(N, B)`` as returned by
+    :func:`sample_perturbed_kth`. Same values and gradients as composing
+    :func:`smoothtopk.ops.smooth_kth_largest`, ``gather`` and ``relu``, with one gradient
+    buffer instead of two. Arguments are assumed validated by the caller.
+    """
+    return _NoisedHinge.apply(scores, target, margin, values, indices, scale)
