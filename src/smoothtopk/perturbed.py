@@ -44,6 +44,10 @@ Cost per row and draw: ``M`` Gaussians plus ``O(1 + C·q)`` uniforms; one ``topk
 score (a candidate mask) plus ``O(B·(M + C·q))`` per row; nothing of size ``B·R·C``
 unless the dense fall-back is taken.
 
+:func:`noised_hinge` fuses the noised top-K hinges of :mod:`smoothtopk.functional` with
+these draws into one autograd node, so that their backward writes a single ``(N, C)``
+gradient, as ``F.cross_entropy`` does.
+
 Reference: the estimator is that of Berthet et al. (NeurIPS 2020) as used by Garcin et al.
 (ICML 2022); the sampling scheme (candidates, binomial exceedances, truncated Gaussians by
 inversion) is this package's.
