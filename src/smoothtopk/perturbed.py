@@ -90,10 +90,16 @@ def _noise_dominates(x2d: Tensor, epsilon: float) -> bool:
 
 
 def _dense(
-    x2d: Tensor, k: int, epsilon: float, noise: Tensor
+    x2d: Tensor, k: int, epsilon: float, noise: Tensor, in_place: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """k-th largest of ``x2d + ε·noise`` (``noise`` of shape ``(B, R, C)``): (B, R) each."""
-    values, indices = torch.topk(torch.add(x2d, noise, alpha=epsilon), k, dim=-1)
+    """k-th largest of ``x2d + ε·noise`` (``noise`` of shape ``(B, R, C)``): (B, R) each.
+    ``in_place``: perturb ``noise`` itself (drawn here, not needed afterwards), sparing a
+    second ``B·R·C`` buffer."""
+    if in_place:
+        perturbed = noise.mul_(epsilon).add_(x2d)
+    else:  # the reference's arithmetic, for bitwise equality on given draws
+        perturbed = torch.add(x2d, noise, alpha=epsilon)
+    values, indices = torch.topk(perturbed, k, dim=-1)
     return values[..., -1], indices[..., -1]
 
 
@@ -173,10 +179,12 @@ def sample_perturbed_kth(
     if noise is None and (few or _noise_dominates(x2d, epsilon)):
         m = k - 1  # draw all: few draws in all, or most classes would be exceedances
     if m < k:
-        if noise is None:
-            noise = torch.randn((n_samples, rows, cols), generator=generator, device=device,
+        if noise is not None:
+            values, indices = _dense(x2d, k, epsilon, noise)
+        else:
+            draws = torch.randn((n_samples, rows, cols), generator=generator, device=device,
                                 dtype=dtype)
-        values, indices = _dense(x2d, k, epsilon, noise)
+            values, indices = _dense(x2d, k, epsilon, draws, in_place=True)
         return values.t(), indices.t()
 
     top_values, top_indices = torch.topk(x2d, m + 1, dim=-1)
@@ -204,7 +212,7 @@ def sample_perturbed_kth(
             full = torch.randn((n_samples, rows, cols), generator=generator, device=device,
                                dtype=dtype)
             full.scatter_(-1, cand_columns, cand_noise)  # candidates keep their draws
-            values, indices = _dense(x2d, k, epsilon, full)
+            values, indices = _dense(x2d, k, epsilon, full, in_place=True)
             return values.t(), indices.t()
         pair, col = _exceedance_columns(q, cols, generator)
         # Z | Z > a by inversion: Φ(−Z) = q·V with V ~ U(0, 1].
