@@ -67,3 +67,13 @@ class Classifier(nn.Module):
         """Scores of shape ``(N, num_classes)``."""
         self._check_input(x)
         return self.fc(self.forward_features(x))
+
+
+def init_conv_bn_(model: nn.Module) -> None:
+    """He (fan-out) initialisation of every conv layer, unit/zero BatchNorm affine parameters."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

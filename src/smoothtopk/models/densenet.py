@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int, check_real
-from .base import Classifier, check_input_shape
+from .base import Classifier, check_input_shape, init_conv_bn_
 
 
 class _DenseLayer(nn.Module):
@@ -118,12 +118,7 @@ class DenseNetBC(Classifier):
         self.num_features = channels
         self.fc = nn.Linear(channels, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn_(self)
         nn.init.zeros_(self.fc.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
-from .base import Classifier, check_input_shape
+from .base import Classifier, check_input_shape, init_conv_bn_
 
 
 class BasicBlock(nn.Module):
@@ -134,12 +134,7 @@ class ResNet(Classifier):
         self.num_features = channels
         self.fc = nn.Linear(channels, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn_(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
