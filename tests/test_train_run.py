@@ -82,6 +82,7 @@ def test_saved_predictions_reproduce_metrics(finished_run):
     run, _ = finished_run
     metrics = json.loads((run / "metrics.json").read_text())
     counts = torch.tensor(metrics["train_class_counts"])
+    assert len(metrics["data_info"]["genus"]) == 12  # the data module's report is kept
     assert counts.numel() == metrics["num_classes"] == 12
     assert metrics["ks"] == [1, 3, 5, 10]
     for split in ("val", "test"):

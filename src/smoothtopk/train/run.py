@@ -235,6 +235,7 @@ def train(
             "best_checkpoint": str(Path(best).relative_to(run_dir.resolve()))
             if Path(best).resolve().is_relative_to(run_dir.resolve()) else best,
             "train_class_counts": [int(c) for c in counts.tolist()],
+            "data_info": dict(datamodule.info),  # e.g. the label-noise report
             "epochs": history,
             "wall_time_s": sum(r["time_s"] for r in history),
             "fit_wall_time_s": fit_time,
