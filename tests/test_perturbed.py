@@ -1,4 +1,6 @@
-"""Tests of the exact fast sampler ``smoothtopk.perturbed.sample_perturbed_kth``.
+"""Tests of the exact fast samplers of ``smoothtopk.perturbed``: the compiled CPU kernel
+(``sample_perturbed_kth`` on CPU tensors, :mod:`smoothtopk.perturbed_cpu`) and the
+torch-only sampler used on other devices (``_sample_torch``, run here on the CPU).
 
 Two kinds of checks against the straightforward definition (every Gaussian drawn, then the
 k-th largest of each perturbed row), written here in float64 loops-free brute force and
@@ -17,10 +19,12 @@ import math
 import pytest
 import torch
 
-from smoothtopk import perturbed
+from smoothtopk import perturbed, perturbed_cpu
 from smoothtopk.functional import noised_topk_loss
 from smoothtopk.ops import _perturbed_kth_reference, smooth_kth_largest
-from smoothtopk.perturbed import _exceedance_columns, sample_perturbed_kth
+from smoothtopk.perturbed import _exceedance_columns, _sample_torch, sample_perturbed_kth
+
+SAMPLERS = {"kernel": sample_perturbed_kth, "torch": _sample_torch}
 
 Z_MAX = 4.0  # standard errors allowed in every statistical comparison
 _TAIL = math.erfc(Z_MAX / math.sqrt(2))  # two-sided tail of one 4-s.e. comparison
@@ -44,22 +48,38 @@ def _adversarial(name: str, rows: int, cols: int, gen: torch.Generator) -> torch
         x = torch.randn(rows, cols, generator=gen)
         x[:, :5] += 8.0
         return x
+    if name == "nonfinite":  # NaN, ±inf: drawn in full, in torch.topk's order
+        x = torch.randn(rows, cols, generator=gen)
+        x[0, 1] = math.nan
+        x[1, 2] = math.inf
+        x[2, :] = -math.inf
+        x[2, : cols // 2] = 0.0
+        x[3, 0] = -math.inf
+        return x
     raise ValueError(name)
 
 
-@pytest.mark.parametrize("scores", ["normal", "flat", "ties", "peaked"])
+# the torch sampler assumes finite scores; the CPU kernel draws non-finite rows in full
+_SAMPLER_SCORES = [(sampler, scores) for sampler in SAMPLERS
+                   for scores in ["normal", "flat", "ties", "peaked", "nonfinite"]
+                   if (sampler, scores) != ("torch", "nonfinite")]
+
+
+@pytest.mark.parametrize(("sampler", "scores"), _SAMPLER_SCORES)
 @pytest.mark.parametrize("epsilon", [1e-6, 0.1, 1.0, 1e3])
 @pytest.mark.parametrize(("cols", "k", "n_candidates"),
                          [(7, 1, None), (40, 3, None), (300, 6, None), (300, 6, 6)])
-def test_equals_reference_given_noise(scores, epsilon, cols, k, n_candidates):
+def test_equals_reference_given_noise(sampler, scores, epsilon, cols, k, n_candidates):
     gen = torch.Generator().manual_seed(cols + k)
     x = _adversarial(scores, 16, cols, gen)
     noise = torch.randn(5, 16, cols, generator=gen)
-    values, indices = sample_perturbed_kth(x, k, epsilon, 5, noise=noise,
-                                           n_candidates=n_candidates)
+    values, indices = SAMPLERS[sampler](x, k, epsilon, 5, noise=noise,
+                                        n_candidates=n_candidates)
     ref_values, ref_indices = _perturbed_kth_reference(x, k, epsilon, 5, None, noise)
-    assert torch.equal(values, ref_values)
+    torch.testing.assert_close(values, ref_values, rtol=0, atol=0, equal_nan=True)
     _assert_same_or_tied(x, noise, epsilon, indices, ref_indices)
+    if scores == "nonfinite":
+        return
     # and the reference itself is the brute-force definition
     bf_values, bf_indices = _brute_force(x, k, epsilon, noise)
     torch.testing.assert_close(values.double(), bf_values, rtol=0, atol=1e-6 * (1 + epsilon))
@@ -73,18 +93,19 @@ def _assert_same_or_tied(x, noise, epsilon, indices, ref_indices):
     full = torch.add(x, noise, alpha=epsilon)  # (B, R, C)
     got = full.gather(-1, indices.t().unsqueeze(-1))
     ref = full.gather(-1, ref_indices.t().unsqueeze(-1))
-    assert torch.equal(got, ref)
+    assert torch.equal(got.nan_to_num(), ref.nan_to_num())
     distinct = [len(set(r.tolist())) == r.numel() for r in full.reshape(-1, full.shape[-1])]
     if all(distinct):
         assert torch.equal(indices, ref_indices)
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("epsilon", [1e-6, 1.0, 1e3])
-def test_equals_reference_given_noise_huge_c(epsilon):
+def test_equals_reference_given_noise_huge_c(sampler, epsilon):
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(2, 100_000, generator=gen)
     noise = torch.randn(3, 2, 100_000, generator=gen)
-    got = sample_perturbed_kth(x, 6, epsilon, 3, noise=noise)
+    got = SAMPLERS[sampler](x, 6, epsilon, 3, noise=noise)
     ref = _perturbed_kth_reference(x, 6, epsilon, 3, None, noise)
     assert torch.equal(got[0], ref[0])
     _assert_same_or_tied(x, noise, epsilon, got[1], ref[1])
@@ -118,45 +139,114 @@ def _two_sample_checks(fast, ref, cols: int, groups: torch.Tensor | None = None)
     assert bool(((f_freq - r_freq).abs() <= z_cell * se + 1.0 / n).all())
 
 
-@pytest.mark.parametrize(
-    ("scores", "cols", "k", "epsilon", "n_candidates"),
-    [
-        ("normal", 200, 3, 0.3, 3),  # many exceedances over the candidates
-        ("normal", 200, 6, 1.0, None),
-        ("peaked", 1000, 6, 0.1, None),  # few candidates matter
-        ("flat", 300, 6, 1.0, None),  # every class alike
-        ("ties", 300, 2, 1e-6, None),  # ties broken by tiny noise only
-        ("normal", 300, 6, 1e3, None),  # noise dominates: every class can win
-    ],
-)
-def test_law_matches_reference(monkeypatch, scores, cols, k, epsilon, n_candidates):
-    # keep the sparse path even where it would switch to full draws for speed
+_LAW_CASES = [
+    ("normal", 200, 3, 0.3, 3),  # many exceedances over the candidates
+    ("normal", 200, 6, 1.0, None),
+    ("normal", 2000, 6, 1.0, None),  # kernel: the non-candidates ordered by buckets
+    ("peaked", 1000, 6, 0.1, None),  # few candidates matter
+    ("peaked", 1000, 6, 0.1, 6),  # kernel: a few proposals under the common bound
+    ("flat", 300, 6, 1.0, None),  # every class alike
+    ("flat", 3000, 6, 1e-3, None),  # every class alike, tiny noise
+    ("ties", 300, 2, 1e-6, None),  # ties broken by tiny noise only
+    ("normal", 300, 6, 1e3, None),  # noise dominates: every class can win
+    ("normal", 100, 1, 0.5, None),  # short rows: every class a candidate
+]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize(("scores", "cols", "k", "epsilon", "n_candidates"), _LAW_CASES)
+def test_law_matches_reference(monkeypatch, sampler, scores, cols, k, epsilon, n_candidates):
+    # torch sampler: keep the sparse path even where it would switch to full draws
     monkeypatch.setattr(perturbed, "_DENSE_FRACTION", 1.0)
     monkeypatch.setattr(perturbed, "_DENSE_SPREAD", math.inf)
     gen = torch.Generator().manual_seed(cols * k)
     row = _adversarial(scores, 1, cols, gen)
     x = row.expand(4000, cols).contiguous()  # 4000 rows x 5 draws of one row's law
-    fast = sample_perturbed_kth(x, k, epsilon, 5, generator=gen, n_candidates=n_candidates)
+    fast = SAMPLERS[sampler](x, k, epsilon, 5, generator=gen, n_candidates=n_candidates)
     ref = _perturbed_kth_reference(x, k, epsilon, 5, gen, None)
     groups = row[0].long() if scores == "ties" else None  # tied classes: one group
     _two_sample_checks(fast, ref, cols, groups)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("scores", "epsilon"), [("flat", 1.0), ("normal", 1e-3),
+                                                 ("normal", 1e3)])
+def test_law_matches_reference_huge_c(scores, epsilon):
+    """Adversarial inputs for the lazy revealing: 50 000 classes, all alike or tiny noise."""
+    gen = torch.Generator().manual_seed(13)
+    cols = 50_000
+    row = _adversarial(scores, 1, cols, gen)
+    x = row.expand(600, cols).contiguous()
+    fast = sample_perturbed_kth(x, 6, epsilon, 5, generator=gen)
+    ref = _perturbed_kth_reference(x, 6, epsilon, 5, gen, None)
+    _two_sample_checks(fast, ref, cols)
+
+
 def test_dense_switch_keeps_the_law():
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(1, 400, generator=gen).expand(4000, 400).contiguous()
-    fast = sample_perturbed_kth(x, 6, 2.0, 5, generator=gen)  # eps >> spread: full draws
+    fast = _sample_torch(x, 6, 2.0, 5, generator=gen)  # eps >> spread: full draws
     ref = _perturbed_kth_reference(x, 6, 2.0, 5, gen, None)
     _two_sample_checks(fast, ref, 400)
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("cols", [1, 2, 6])
-def test_k_equal_to_c_and_tiny_rows(cols):
+def test_k_equal_to_c_and_tiny_rows(sampler, cols):
     gen = torch.Generator().manual_seed(cols)
     x = torch.randn(3, cols, generator=gen)
-    values, indices = sample_perturbed_kth(x, cols, 1.0, 4, generator=gen)
+    values, indices = SAMPLERS[sampler](x, cols, 1.0, 4, generator=gen)
     assert values.shape == (3, 4) and indices.shape == (3, 4)
     assert bool(((indices >= 0) & (indices < cols)).all())
+    # the C-th largest is the minimum of the perturbed row, at the column it was read from
+    assert bool((values <= x.gather(1, indices) + 10.0).all())
+
+
+def test_kernel_gaussians_have_the_normal_law():
+    """One class per row, k = 1: each value is x + εZ with the kernel's own Gaussian
+    (ziggurat, tail included): mean, variance and tail frequencies within 4 s.e."""
+    gen = torch.Generator().manual_seed(21)
+    n = 400_000
+    values, _ = sample_perturbed_kth(torch.zeros(n // 4, 1), 1, 1.0, 4, generator=gen)
+    z = values.double().flatten()
+    assert abs(z.mean().item()) <= Z_MAX / math.sqrt(n)
+    assert abs(z.var().item() - 1.0) <= Z_MAX * math.sqrt(2.0 / n)
+    for level in (0.5, 1.0, 2.0, 3.0, 3.7):  # 3.7: beyond the ziggurat's base strip
+        p = math.erfc(level / math.sqrt(2))  # P(|Z| > level)
+        freq = (z.abs() > level).double().mean().item()
+        assert abs(freq - p) <= Z_MAX * math.sqrt(p * (1 - p) / n)
+
+
+def test_kernel_result_does_not_depend_on_threads():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 3000, generator=gen).numpy()
+    one = perturbed_cpu.kth_draws(x, 6, 1.0, 5, 14, seed=1234, threads=1)
+    three = perturbed_cpu.kth_draws(x, 6, 1.0, 5, 14, seed=1234, threads=3)
+    assert (one[0] == three[0]).all() and (one[1] == three[1]).all()
+    other = perturbed_cpu.kth_draws(x, 6, 1.0, 5, 14, seed=1235, threads=1)
+    assert not (one[0] == other[0]).all()
+
+
+def test_kernel_follows_the_generator():
+    x = torch.randn(32, 500)
+    first = sample_perturbed_kth(x, 6, 0.5, 5, generator=torch.Generator().manual_seed(9))
+    again = sample_perturbed_kth(x, 6, 0.5, 5, generator=torch.Generator().manual_seed(9))
+    other = sample_perturbed_kth(x, 6, 0.5, 5, generator=torch.Generator().manual_seed(10))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+    torch.manual_seed(3)
+    default = sample_perturbed_kth(x, 6, 0.5, 5)
+    torch.manual_seed(3)
+    assert torch.equal(default[0], sample_perturbed_kth(x, 6, 0.5, 5)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_kernel_keeps_the_dtype(dtype):
+    x = torch.randn(8, 300).to(dtype)
+    values, indices = sample_perturbed_kth(x, 6, 0.5, 5)
+    assert values.dtype == dtype and indices.dtype == torch.int64
+    # the value is the perturbed score of the column it names: within a few ε of it
+    assert bool(((values.double() - x.double().gather(1, indices)).abs() < 0.5 * 8).all())
 
 
 def test_exceedance_columns_are_bernoulli_trials():
@@ -224,7 +314,7 @@ def test_backward_keeps_no_per_draw_tensor(peaked):
     ("peaked", 3.0, True),  # noise beyond the scores' spread: all drawn at once
     ("plateau", 1.0, True),  # wide spread, but half the classes tied at the top
 ])
-def test_switches_to_full_draws_only_when_most_classes_compete(
+def test_torch_sampler_switches_to_full_draws_only_when_most_classes_compete(
     monkeypatch, scores, epsilon, dense
 ):
     calls = {"dense": 0, "sparse": 0}
@@ -245,7 +335,7 @@ def test_switches_to_full_draws_only_when_most_classes_compete(
     else:
         x = torch.zeros(64, 1000)
         x[:, 500:] = -100.0
-    sample_perturbed_kth(x, 6, epsilon, 5, generator=gen)
+    _sample_torch(x, 6, epsilon, 5, generator=gen)
     assert calls == ({"dense": 1, "sparse": 0} if dense else {"dense": 0, "sparse": 1})
 
 

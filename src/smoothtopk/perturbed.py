@@ -1,13 +1,19 @@
-"""Exact fast sampler of the perturbed k-th largest entry of each row.
+"""Exact fast samplers of the perturbed k-th largest entry of each row.
 
 For scores ``x`` of shape ``(R, C)``, ``k`` in ``[1, C]``, ``ε > 0`` and ``B`` draws,
 :func:`sample_perturbed_kth` returns, for every row ``r`` and draw ``b``, the value and the
 column of the k-th largest entry of ``x[r] + ε Z[b, r]`` with ``Z[b, r] ~ N(0, I_C)``:
 the same random variables as :func:`smoothtopk.ops._perturbed_kth_reference` (the
 readable definition, which draws all ``B·R·C`` Gaussians), with the same joint law of
-(value, column), but drawing only a few Gaussians per row and draw.
+(value, column), but drawing only the Gaussians that can matter. Two implementations:
 
-Algorithm, per row (all rows and draws are processed at once, without Python loops):
+* **CPU tensors**: the compiled kernel of :mod:`smoothtopk.perturbed_cpu` (numba): one
+  pass over each row, then the classes revealed lazily under a running threshold (its
+  docstring gives the algorithm and the exactness argument). Rows are shared among
+  ``torch.get_num_threads()`` threads; the result depends on the generator only.
+* **Other devices** (:func:`_sample_torch`, torch operations only, described below).
+
+Torch sampler, per row (all rows and draws are processed at once, without Python loops):
 
 1. *Candidates*: the ``M`` largest clean scores (``M`` a little above ``k``) and ``u``,
    the ``(M+1)``-th largest: every other class ("non-candidate") has ``x_j <= u``.
@@ -23,34 +29,30 @@ Algorithm, per row (all rows and draws are processed at once, without Python loo
    least ``k`` candidates are ``>= T``, the k-th largest of the whole row is the k-th
    largest among candidates and exceedances, and so is its column.
 
-Exactness: steps 1–4 draw exactly the law of the ``C`` perturbed scores restricted to the
-entries that can be among the ``k`` largest, so the (value, column) pair has exactly the
-law of the reference; there is **no pruning error** (no bound to state). The only
-departures are floating-point ones: when float rounding makes two perturbed entries
-exactly equal (e.g. ε = 1e-6 on tied float32 scores) ``torch.topk`` breaks the tie by
-position, and positions differ between a full row and the candidate list, so the column
-(never the value) of such a tie may differ. When the mean exceedance probability is large
-(ε large against the spread of the top scores, so that most classes can enter the top-k;
-e.g. N(0, 1) scores with ε = 1), the remaining noise is drawn in full for the whole call,
-the candidates keeping their draws. The choice depends on the candidates' draws only,
-which are independent of the other classes' noise, so either branch draws that noise from
-its law given the candidates' draws: the law stays exact, at the reference's cost. All
-the noise is also drawn at once, from the outset, for short rows (``C <= 2M``), for small
-calls (at most ``2**18`` draws in all) and when ε is large against the scores' spread;
-these choices depend on the scores only.
+Exactness (both samplers): they draw exactly the law of the ``C`` perturbed scores
+restricted to the entries that can be among the ``k`` largest, so the (value, column) pair
+has exactly the law of the reference; **no class is pruned** (there is no error bound to
+state beyond floating point: probabilities under ~1e-308 count as zero). When float
+rounding makes two perturbed entries exactly equal (e.g. ε = 1e-6 on tied float32 scores)
+the column (never the value) of such a tie may differ from the reference's. In the torch
+sampler, when the mean exceedance probability is large (ε large against the spread of the
+top scores, e.g. N(0, 1) scores with ε = 1), the remaining noise is drawn in full for the
+whole call, the candidates keeping their draws; the choice depends on the candidates' draws
+only, which are independent of the other classes' noise, so the law stays exact. All the
+noise is also drawn at once, from the outset, for short rows (``C <= 2M``), for small calls
+(at most ``2**18`` draws in all) and when ε is large against the scores' spread; these
+choices depend on the scores only.
 
-Cost per row and draw: ``M`` Gaussians plus ``O(1 + C·q)`` uniforms; one ``topk`` of size
-``M+1`` over the clean scores per row (shared by the draws). Extra memory: one byte per
-score (a candidate mask) plus ``O(B·(M + C·q))`` per row; nothing of size ``B·R·C``
-unless the dense fall-back is taken.
+Memory: nothing of size ``B·R·C`` is kept (the torch sampler's dense fall-back builds one
+transiently). The CPU kernel needs ``O(C)`` scratch per thread.
 
 :func:`noised_hinge` fuses the noised top-K hinges of :mod:`smoothtopk.functional` with
 these draws into one autograd node, so that their backward writes a single ``(N, C)``
 gradient, as ``F.cross_entropy`` does.
 
 Reference: the estimator is that of Berthet et al. (NeurIPS 2020) as used by Garcin et al.
-(ICML 2022); the sampling scheme (candidates, binomial exceedances, truncated Gaussians by
-inversion) is this package's.
+(ICML 2022); the sampling schemes (candidates, exceedances as Bernoulli trials under a
+bound, truncated Gaussians) are this package's.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
+
+from smoothtopk import perturbed_cpu
 
 __all__ = ["DEFAULT_EXTRA_CANDIDATES", "noised_hinge", "sample_perturbed_kth"]
 
@@ -162,15 +166,48 @@ def sample_perturbed_kth(
     ``n_samples = B >= 1``. Returns ``values (R, B)`` (dtype of ``x2d``) and
     ``indices (R, B)`` (int64), with the joint law of
     :func:`smoothtopk.ops._perturbed_kth_reference` (see the module docstring for the
-    algorithm and the exactness argument). ``n_candidates`` (``M``, default
+    algorithms and the exactness argument). ``n_candidates`` (``M``, default
     ``k + DEFAULT_EXTRA_CANDIDATES``) only changes the speed, never the law.
 
     ``noise`` (``(B, R, C)`` standard-normal draws, optional) runs the same pruning on given
-    draws instead of sampling: the exceedances are read from ``noise`` (no speed-up, a
-    dense pass); the result then equals the reference on the same draws, which checks the
-    pruning argument draw by draw. Arguments are assumed validated by the caller
-    (:func:`smoothtopk.ops.smooth_kth_largest`).
+    draws instead of sampling: each exceedance test reads its answer from ``noise`` (no
+    speed-up, a dense pass); the result then equals the reference on the same draws, which
+    checks the pruning argument draw by draw. Arguments are assumed validated by the caller
+    (:func:`smoothtopk.ops.smooth_kth_largest`). CPU tensors use the compiled kernel of
+    :mod:`smoothtopk.perturbed_cpu`, other devices :func:`_sample_torch`.
     """
+    if x2d.device.type != "cpu":
+        return _sample_torch(x2d, k, epsilon, n_samples, generator, noise, n_candidates)
+    m = k + DEFAULT_EXTRA_CANDIDATES if n_candidates is None else n_candidates
+    work = x2d.detach()
+    if work.dtype not in (torch.float32, torch.float64):
+        work = work.float()
+    work = work.contiguous()
+    perturbed = None
+    if noise is not None:  # the reference's arithmetic, for bitwise equality
+        perturbed = torch.add(work, noise.to(work.dtype), alpha=epsilon).numpy()
+    seed = 0
+    if noise is None:  # one 64-bit draw of the caller's generator keys the kernel's streams
+        seed = int(torch.randint(-(2**63), 2**63 - 1, (), generator=generator,
+                                 dtype=torch.int64))
+    values, indices = perturbed_cpu.kth_draws(
+        work.numpy(), k, epsilon, n_samples, m, seed, perturbed=perturbed,
+        threads=torch.get_num_threads(),
+    )
+    return torch.from_numpy(values).to(x2d.dtype), torch.from_numpy(indices)
+
+
+def _sample_torch(
+    x2d: Tensor,
+    k: int,
+    epsilon: float,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    n_candidates: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`sample_perturbed_kth` with torch operations only (any device; the module
+    docstring describes it). Same arguments and results."""
     rows, cols = x2d.shape
     device, dtype = x2d.device, x2d.dtype
     m = k + DEFAULT_EXTRA_CANDIDATES if n_candidates is None else n_candidates

@@ -1,0 +1,462 @@
+"""Compiled CPU kernel of the exact perturbed k-th largest (numba), one pass per row.
+
+:func:`kth_draws` returns, for every row ``r`` of ``x (R, C)`` and draw ``b < B``, the value
+and column of the k-th largest entry of ``x[r] + ε Z[b, r]`` with ``Z[b, r] ~ N(0, I_C)``:
+the law of :func:`smoothtopk.ops._perturbed_kth_reference` (the readable definition, which
+draws all ``B·R·C`` Gaussians), drawing only the Gaussians that can matter.
+
+Algorithm, per row (rows in parallel, each with its own random stream):
+
+1. *One pass over the row*: the ``M`` largest clean scores ("candidates", ``M`` a little
+   above ``k``) and ``u``, the ``(M+1)``-th largest; every other class has ``x_j <= u``.
+2. Per draw, the candidates' noise is drawn in full; ``T`` = the k-th largest perturbed
+   candidate, kept with the k largest perturbed values seen so far (a sorted buffer).
+3. *Revealing the others lazily*: a non-candidate ``j`` changes the k largest only if
+   ``x_j + εZ_j > T``, an event of probability ``p_j = Φ̄((T − x_j)/ε)`` independent of
+   everything drawn so far. The non-candidates are visited in a fixed order (depending on
+   the scores only) as Bernoulli trials with a *bound* ``q >= p_j`` shared by a stretch
+   of them: the number of failures before the next proposal is geometric(``q``), so only
+   proposals cost work; a proposal at ``j`` is accepted with probability ``p_j / q``
+   (thinning: ``q · p_j/q = p_j``). An accepted ``j`` gets ``Z_j`` from the normal law
+   truncated to ``((T − x_j)/ε, ∞)`` (exact rejection samplers), enters the buffer, and
+   ``T`` rises: later trials use the new ``T`` (each trial's probability depends only on
+   what was drawn before it, so the trials stay exact).
+
+   * Common bound: ``q = Φ̄((T − u)/ε)`` over the columns in order, candidates skipped.
+   * When that would propose many columns (ε large against the spread of the scores, e.g.
+     N(0, 1) scores with ε = 1), the row's non-candidates are first ordered by score in
+     buckets of width ``ε/8`` below ``u`` (a counting sort, once per row): the bound of a
+     bucket is ``Φ̄((T − top of the bucket)/ε)``, close to every ``p_j`` in it, and the high
+     buckets, visited first, raise ``T`` early.
+4. A non-candidate never proposed, or rejected, has ``x_j + εZ_j <= T`` for the ``T`` of its
+   trial, which only rises; at least ``k`` revealed entries are ``>= T``. So the k largest
+   of the row are the k largest revealed entries, and their k-th is the answer.
+
+Exactness: every step samples the exact conditional law of the ``C`` perturbed scores
+given what was revealed before, so (value, column) have the reference's law; **no class is
+pruned**, there is no error bound to state beyond floating point: probabilities below
+~1e-308 (``Φ̄`` underflows beyond 38 standard deviations) count as 0. Values are computed
+in float64 and returned in the dtype of ``x``. Rows holding a NaN or an infinity are drawn
+in full, with :func:`torch.topk`'s order (NaN above everything).
+
+Cost per row: one read of the row (plus a counting sort only when the common bound is too
+loose), ``B·M`` Gaussians and ``B·O(proposals)`` work. Memory: ``O(C)`` scratch per thread;
+nothing of size ``B·R·C``.
+
+Random numbers: SplitMix64 (Steele, Lea, Flood, OOPSLA 2014) streams, one per row, keyed by
+a seed drawn from the caller's :class:`torch.Generator` and the row index, so results depend
+on the generator's state only (not on the number of threads). Gaussians: Marsaglia's polar
+method; truncated Gaussians above ``a > 0``: Robert's exponential rejection (Statistics and
+Computing, 1995), and plain rejection for ``a <= 0``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["kth_draws"]
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S8, _S11, _S27, _S30, _S31 = (np.uint64(s) for s in (8, 11, 27, 30, 31))
+_BYTE, _BIT = np.uint64(255), np.uint64(1)
+_TWO_M53 = 2.0**-53
+_SQRT_HALF = math.sqrt(0.5)
+
+#: Chunk length of the candidate search (step 1).
+_CHUNK = 16
+#: Buckets of the score order (step 3): width ``ε · _BUCKET_WIDTH`` below ``u``, the last
+#: one open-ended.
+_BUCKET_WIDTH = 0.125
+_N_BUCKETS = 64
+#: Order the row in buckets when the common bound would propose more than this fraction
+#: of the row (a proposal costs some 50 ns, the counting sort some 3 ns a class).
+_SORT_FRACTION = 1.0 / 32.0
+
+_JIT = {"cache": True, "error_model": "numpy"}
+# Re-association only (no assumption about NaN or infinities): lets the chunk maxima of
+# the candidate search vectorise.
+_REASSOC = {"reassoc", "nsz", "contract"}
+
+
+def _ziggurat_tables(layers: int = 256, r: float = 3.6541528853610088,
+                     area: float = 0.00492867323399) -> tuple[np.ndarray, np.ndarray]:
+    """Layer edges ``x`` (descending, ``x[layers] = 0``) and ``f(x) = exp(−x²/2)`` of the
+    256-layer ziggurat of Marsaglia and Tsang (J. Stat. Softw. 2000) for N(0, 1): layer 0
+    is the base strip (rectangle under ``f(r)`` plus the tail), each layer has area
+    ``area``."""
+    x = np.zeros(layers + 1)
+    x[0] = area / math.exp(-0.5 * r * r)
+    x[1] = r
+    for i in range(1, layers - 1):
+        x[i + 1] = math.sqrt(-2.0 * math.log(area / x[i] + math.exp(-0.5 * x[i] * x[i])))
+    return x, np.exp(-0.5 * x * x)
+
+
+_ZIG_X, _ZIG_F = _ziggurat_tables()
+_ZIG_R = float(_ZIG_X[1])
+
+
+@njit(inline="always", **_JIT)
+def _mix(z):
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
+@njit(inline="always", **_JIT)
+def _bits(state):
+    """Next state of the SplitMix64 stream and 64 random bits."""
+    state = state + _GAMMA
+    return state, _mix(state)
+
+
+@njit(inline="always", **_JIT)
+def _uniform(state):
+    """Next state and a uniform draw in (0, 1] (53 random bits)."""
+    state, bits = _bits(state)
+    return state, (float(bits >> _S11) + 1.0) * _TWO_M53
+
+
+@njit(inline="always", **_JIT)
+def _normal(state):
+    """A N(0, 1) draw: the ziggurat (layer from 8 bits, sign from 1, abscissa from 53)."""
+    while True:
+        state, bits = _bits(state)
+        i = int(bits & _BYTE)
+        sign = 1.0 if (bits >> _S8) & _BIT else -1.0
+        z = float(bits >> _S11) * _TWO_M53 * _ZIG_X[i]
+        if z < _ZIG_X[i + 1]:  # inside the layer's rectangle under the curve
+            return state, sign * z
+        if i == 0:  # the tail beyond r (Marsaglia, 1964)
+            while True:
+                state, u1 = _uniform(state)
+                state, u2 = _uniform(state)
+                a = -math.log(u1) / _ZIG_R
+                if -2.0 * math.log(u2) > a * a:
+                    return state, sign * (_ZIG_R + a)
+        state, u = _uniform(state)
+        if _ZIG_F[i] + u * (_ZIG_F[i + 1] - _ZIG_F[i]) < math.exp(-0.5 * z * z):
+            return state, sign * z
+
+
+@njit(**_JIT)
+def _normal_above(state, a):
+    """A draw of Z ~ N(0, 1) conditioned on Z > a."""
+    if a <= 0.0:  # plain rejection: acceptance P(Z > a) >= 1/2
+        while True:
+            state, z = _normal(state)
+            if z > a:
+                return state, z
+    lam = 0.5 * (a + math.sqrt(a * a + 4.0))  # Robert (1995): acceptance >= 0.76
+    while True:
+        state, u1 = _uniform(state)
+        state, u2 = _uniform(state)
+        z = a - math.log(u1) / lam
+        d = z - lam
+        if math.log(u2) <= -0.5 * d * d:
+            return state, z
+
+
+@njit(inline="always", **_JIT)
+def _tail(a):
+    """Φ̄(a) = P(Z > a)."""
+    return 0.5 * math.erfc(a * _SQRT_HALF)
+
+
+@njit(inline="always", **_JIT)
+def _geometric(state, q):
+    """Failures before the first success of Bernoulli(q) trials, as a float (may be inf)."""
+    if q >= 1.0:
+        return state, 0.0
+    if not q > 0.0:  # Φ̄ underflowed (beyond 38 standard deviations)
+        return state, np.inf
+    state, u = _uniform(state)
+    return state, np.floor(math.log(u) / math.log1p(-q))  # float: may exceed int64
+
+
+@njit(inline="always", **_JIT)
+def _insert(top_val, top_col, k, v, j):
+    """Insert ``v`` (column ``j``) into the descending buffer of size k (v > top_val[k-1])."""
+    i = k - 1
+    while i > 0 and top_val[i - 1] < v:
+        top_val[i] = top_val[i - 1]
+        top_col[i] = top_col[i - 1]
+        i -= 1
+    top_val[i] = v
+    top_col[i] = j
+
+
+@njit(inline="always", **_JIT)
+def _above(a, b):
+    """torch.topk's order: NaN above everything, then the usual order."""
+    return a > b or (a != a and b == b)
+
+
+@njit(fastmath=_REASSOC, **_JIT)
+def _chunk_tops(row, tops):
+    """``tops[c]`` = maximum of ``row[16c : 16c + 16]``, NaN when the chunk holds a NaN or an
+    infinity; vectorised."""
+    for c in range(tops.shape[0]):
+        chunk = row[c * _CHUNK:(c + 1) * _CHUNK]
+        top = chunk[0]
+        check = chunk[0] * 0
+        for t in range(1, _CHUNK):
+            v = chunk[t]
+            top = max(top, v)
+            check += v * 0
+        tops[c] = top + check
+
+
+@njit(**_JIT)
+def _candidates(row, m, cand_col, tops, select):
+    """Step 1: the candidates are the columns with ``x_j >= u``, at least ``m + 1`` of them,
+    listed in ``cand_col``. Returns ``(count, u, finite)``; ``finite`` is False when the
+    row holds a NaN or an infinity (then nothing else is meaningful).
+
+    ``u`` is the (m+1)-th largest of the maxima of the chunks of 16 entries: at least m+1
+    entries reach it, and only the chunks whose maximum reaches it are read entry by entry.
+    Rows of fewer than ``16 (m + 2)`` entries make every column a candidate (``u = −∞``)."""
+    cols = row.shape[0]
+    n_chunks = cols // _CHUNK
+    if n_chunks <= m + 1:
+        finite = True
+        for j in range(cols):
+            v = float(row[j])
+            finite = finite and (v - v == 0.0)
+            cand_col[j] = j
+        return cols, -np.inf, finite
+    tops = tops[:n_chunks]
+    _chunk_tops(row, tops)
+    for i in range(m + 1):
+        select[i] = -np.inf
+    for c in range(n_chunks):  # the m+1 largest chunk maxima, descending
+        v = float(tops[c])
+        if v != v:  # a NaN or an infinity in the chunk
+            return 0, np.nan, False
+        if v > select[m]:
+            i = m
+            while i > 0 and select[i - 1] < v:
+                select[i] = select[i - 1]
+                i -= 1
+            select[i] = v
+    u = select[m]
+    count = 0
+    for c in range(n_chunks):
+        if tops[c] >= u:
+            for j in range(c * _CHUNK, (c + 1) * _CHUNK):
+                cand_col[count] = j
+                count += float(row[j]) >= u
+    finite = True
+    for j in range(n_chunks * _CHUNK, cols):
+        v = float(row[j])
+        finite = finite and (v - v == 0.0)
+        cand_col[count] = j
+        count += v >= u
+    return count, u, finite
+
+
+@njit(**_JIT)
+def _dense_row(row, k, eps, n_samples, state, perturbed, r, given, top_val, top_col,
+               out_val, out_col):
+    """Every entry drawn: the reference's definition (used for non-finite rows)."""
+    for b in range(n_samples):
+        filled = 0
+        for j in range(row.shape[0]):
+            if given:
+                v = float(perturbed[b, r, j])
+            else:
+                state, z = _normal(state)
+                v = float(row[j]) + eps * z
+            if filled < k or _above(v, top_val[k - 1]):
+                i = min(filled, k - 1)
+                while i > 0 and _above(v, top_val[i - 1]):
+                    top_val[i] = top_val[i - 1]
+                    top_col[i] = top_col[i - 1]
+                    i -= 1
+                top_val[i] = v
+                top_col[i] = j
+                filled += 1
+        out_val[b] = top_val[k - 1]
+        out_col[b] = top_col[k - 1]
+
+
+@njit(fastmath=_REASSOC, **_JIT)
+def _bucket_ids(row, u, inv, last, bucket):
+    """``bucket[j] = min(⌊(u − x_j)·inv⌋, last)`` for ``x_j < u``, ``last + 1`` for the
+    candidates (``x_j >= u``); vectorised."""
+    for j in range(row.shape[0]):
+        t = (u - float(row[j])) * inv
+        bucket[j] = np.int32(min(t, last)) if t > 0.0 else np.int32(last + 1.0)
+
+
+@njit(**_JIT)
+def _bucket_order(row, u, width, order, bucket, starts):
+    """Counting sort of the non-candidates (``x_j < u``) by ``⌊(u − x_j)/width⌋``, capped
+    at the last bucket: bucket ``i`` in ``order[starts[i]:starts[i + 1]]``."""
+    cols = row.shape[0]
+    n_buckets = starts.shape[0] - 1
+    _bucket_ids(row, u, 1.0 / width, n_buckets - 1.0, bucket[:cols])
+    counts = np.zeros((4, n_buckets + 1), dtype=np.int64)  # 4 histograms: no store stalls
+    quad = cols // 4 * 4
+    for j in range(0, quad, 4):
+        counts[0, bucket[j]] += 1
+        counts[1, bucket[j + 1]] += 1
+        counts[2, bucket[j + 2]] += 1
+        counts[3, bucket[j + 3]] += 1
+    for j in range(quad, cols):
+        counts[0, bucket[j]] += 1
+    starts[0] = 0
+    fill = np.empty(n_buckets, dtype=np.int64)
+    for i in range(n_buckets):
+        fill[i] = starts[i]
+        starts[i + 1] = starts[i] + counts[0, i] + counts[1, i] + counts[2, i] + counts[3, i]
+    for j in range(cols):
+        i = bucket[j]
+        if i < n_buckets:
+            order[fill[i]] = j
+            fill[i] += 1
+
+
+@njit(inline="always", **_JIT)
+def _trial(state, xj, j, eps, q, top_val, top_col, k):
+    """The proposal of column ``j`` (score ``xj``) under the bound ``q``: accepted with
+    probability ``Φ̄(a)/q``, ``a = (T − x_j)/ε``; then ``x_j + εZ``, ``Z | Z > a``, enters
+    the buffer."""
+    a = (top_val[k - 1] - xj) / eps
+    state, v = _uniform(state)
+    if v * q <= _tail(a):
+        state, z = _normal_above(state, a)
+        value = xj + eps * z
+        if value > top_val[k - 1]:  # always, but for float rounding
+            _insert(top_val, top_col, k, value, j)
+    return state
+
+
+@njit(**_JIT)
+def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
+         top_col, select, cand_col, cand_x, order, bucket, starts, tops):
+    cols = row.shape[0]
+    count, u, finite = _candidates(row, m, cand_col, tops, select)
+    if not finite:
+        _dense_row(row, k, eps, n_samples, state, perturbed, r, given, top_val, top_col,
+                   out_val, out_col)
+        return
+    for i in range(count):
+        cand_x[i] = row[cand_col[i]]
+    others = cols - count
+    sorted_ = False
+    width = eps * _BUCKET_WIDTH
+    for b in range(n_samples):
+        # 2. the candidates in full
+        for i in range(k):
+            top_val[i] = -np.inf
+        if given:
+            for i in range(count):
+                v = float(perturbed[b, r, cand_col[i]])
+                if v > top_val[k - 1]:
+                    _insert(top_val, top_col, k, v, cand_col[i])
+        else:
+            for i in range(count):
+                state, z = _normal(state)
+                v = cand_x[i] + eps * z
+                if v > top_val[k - 1]:
+                    _insert(top_val, top_col, k, v, cand_col[i])
+        if others == 0:
+            pass
+        elif given:  # 3. on given draws: each trial Z_j > (T − x_j)/ε read from them
+            for j in range(cols):
+                v = float(perturbed[b, r, j])
+                if v > top_val[k - 1] and float(row[j]) < u:
+                    _insert(top_val, top_col, k, v, j)
+        else:  # 3. the other classes, revealed lazily
+            q = _tail((top_val[k - 1] - u) / eps)
+            if not sorted_ and q * others > _SORT_FRACTION * cols + 8.0:
+                _bucket_order(row, u, width, order, bucket, starts)
+                sorted_ = True
+            pos = 0
+            if sorted_:  # the non-candidates by buckets of decreasing scores
+                level = 0
+                while True:
+                    while level < _N_BUCKETS - 1 and starts[level + 1] <= pos:
+                        level += 1
+                    # every non-candidate from pos on has x_j <= u − level·width
+                    hi = u - level * width * (1.0 - 1e-9)  # float slack: q >= p_j
+                    q = _tail((top_val[k - 1] - hi) / eps)
+                    state, gap = _geometric(state, q)
+                    if pos + gap >= others:
+                        break
+                    pos += int(gap)
+                    j = order[pos]
+                    pos += 1
+                    state = _trial(state, float(row[j]), j, eps, q, top_val, top_col, k)
+            else:  # every column in turn, under the common bound x_j < u
+                while True:
+                    q = _tail((top_val[k - 1] - u) / eps)
+                    state, gap = _geometric(state, q)
+                    if pos + gap >= cols:
+                        break
+                    j = pos + int(gap)
+                    pos = j + 1
+                    xj = float(row[j])
+                    if xj < u:  # else a candidate, drawn already
+                        state = _trial(state, xj, j, eps, q, top_val, top_col, k)
+        out_val[b] = top_val[k - 1]
+        out_col[b] = top_col[k - 1]
+
+
+def _rows(x, k, eps, n_samples, m, seed, perturbed, given, n_blocks, out_val, out_col):
+    rows, cols = x.shape
+    for block in prange(n_blocks):
+        top_val = np.empty(k, dtype=np.float64)
+        top_col = np.empty(k, dtype=np.int64)
+        select = np.empty(m + 1, dtype=np.float64)
+        cand_col = np.empty(cols, dtype=np.int64)
+        cand_x = np.empty(cols, dtype=np.float64)
+        order = np.empty(cols, dtype=np.int64)
+        bucket = np.empty(cols, dtype=np.int32)
+        starts = np.empty(_N_BUCKETS + 1, dtype=np.int64)
+        tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
+        for r in range(block * rows // n_blocks, (block + 1) * rows // n_blocks):
+            state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
+            _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r],
+                 out_col[r], top_val, top_col, select, cand_col, cand_x, order, bucket, starts,
+                 tops)
+
+
+_rows_serial = njit(**_JIT)(_rows)  # prange runs as range: no threading layer involved
+_rows_parallel = njit(parallel=True, **_JIT)(_rows)
+
+
+def kth_draws(
+    x: np.ndarray, k: int, epsilon: float, n_samples: int, n_candidates: int, seed: int,
+    perturbed: np.ndarray | None = None, threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Values ``(R, B)`` (dtype of ``x``) and columns ``(R, B)`` (int64) of the k-th largest
+    of ``x[r] + ε Z[b, r]``, ``B = n_samples``.
+
+    ``x``: C-contiguous ``(R, C)`` float32 or float64; ``1 <= k <= C``; ``epsilon > 0``;
+    ``n_candidates`` (``M >= k``) only changes the speed; ``seed``: 64 bits keying the
+    rows' streams; ``threads``: rows are shared among that many threads (the result does
+    not depend on it). ``perturbed`` (``(B, R, C)``, ``x + ε·noise`` computed by the
+    caller) gives the draws instead: each trial of step 3 then reads its answer from them,
+    which checks the candidates and the buffer logic draw by draw (not the sampling).
+    """
+    rows, _ = x.shape
+    given = perturbed is not None
+    if not given:
+        perturbed = np.empty((1, 1, 1), dtype=x.dtype)
+    out_val = np.empty((rows, n_samples), dtype=np.float64)
+    out_col = np.empty((rows, n_samples), dtype=np.int64)
+    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS, rows))
+    numba.set_num_threads(threads)
+    n_blocks = 1 if threads == 1 else min(rows, 4 * threads)
+    kernel = _rows_serial if threads == 1 else _rows_parallel
+    kernel(x, k, float(epsilon), n_samples, max(int(n_candidates), k),
+          np.uint64(seed & (2**64 - 1)), perturbed, given, n_blocks, out_val, out_col)
+    return out_val.astype(x.dtype, copy=False), out_col
