@@ -375,3 +375,12 @@ def test_fused_hinge_equals_composed_autograd(epsilon, imbalanced):
     assert torch.equal(x2.grad, x1.grad)
     if imbalanced:
         assert torch.equal(margins2.grad, margins.grad)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_leaves_torch_threads_alone(threads):
+    """numba's threading must not reset torch's OpenMP thread count."""
+    torch.set_num_threads(threads)
+    x = torch.randn(64, 2000, requires_grad=True)
+    noised_topk_loss(x, torch.randint(0, 2000, (64,)), k=5).backward()
+    assert torch.get_num_threads() == threads

@@ -53,6 +53,7 @@ Computing, 1995), and plain rejection for ``a <= 0``.
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
@@ -79,6 +80,12 @@ _N_BUCKETS = 64
 _SORT_FRACTION = 1.0 / 32.0
 
 _JIT = {"cache": True, "error_model": "numpy"}
+
+# numba's OpenMP threading layer would share torch's OpenMP runtime and reset its thread
+# count; its own work queue touches nothing of torch's (set NUMBA_THREADING_LAYER to
+# choose another).
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 # Re-association only (no assumption about NaN or infinities): lets the chunk maxima of
 # the candidate search vectorise.
 _REASSOC = {"reassoc", "nsz", "contract"}
@@ -410,27 +417,39 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
         out_col[b] = top_col[k - 1]
 
 
-def _rows(x, k, eps, n_samples, m, seed, perturbed, given, n_blocks, out_val, out_col):
+@njit(**_JIT)
+def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
+           out_col):
+    """Rows ``block·R/n_blocks`` to ``(block+1)·R/n_blocks``, with one set of scratch
+    buffers; row ``r`` draws from its own stream, keyed by ``(seed, r)``."""
     rows, cols = x.shape
+    top_val = np.empty(k, dtype=np.float64)
+    top_col = np.empty(k, dtype=np.int64)
+    select = np.empty(m + 1, dtype=np.float64)
+    cand_col = np.empty(cols, dtype=np.int64)
+    cand_x = np.empty(cols, dtype=np.float64)
+    order = np.empty(cols, dtype=np.int64)
+    bucket = np.empty(cols, dtype=np.int32)
+    starts = np.empty(_N_BUCKETS + 1, dtype=np.int64)
+    tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
+    for r in range(block * rows // n_blocks, (block + 1) * rows // n_blocks):
+        state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
+        _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r], out_col[r],
+             top_val, top_col, select, cand_col, cand_x, order, bucket, starts, tops)
+
+
+@njit(**_JIT)
+def _rows_serial(x, k, eps, n_samples, m, seed, perturbed, given, n_blocks, out_val,
+                 out_col):
+    _block(x, k, eps, n_samples, m, seed, perturbed, given, 0, 1, out_val, out_col)
+
+
+@njit(parallel=True, **_JIT)
+def _rows_parallel(x, k, eps, n_samples, m, seed, perturbed, given, n_blocks, out_val,
+                   out_col):
     for block in prange(n_blocks):
-        top_val = np.empty(k, dtype=np.float64)
-        top_col = np.empty(k, dtype=np.int64)
-        select = np.empty(m + 1, dtype=np.float64)
-        cand_col = np.empty(cols, dtype=np.int64)
-        cand_x = np.empty(cols, dtype=np.float64)
-        order = np.empty(cols, dtype=np.int64)
-        bucket = np.empty(cols, dtype=np.int32)
-        starts = np.empty(_N_BUCKETS + 1, dtype=np.int64)
-        tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
-        for r in range(block * rows // n_blocks, (block + 1) * rows // n_blocks):
-            state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
-            _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r],
-                 out_col[r], top_val, top_col, select, cand_col, cand_x, order, bucket, starts,
-                 tops)
-
-
-_rows_serial = njit(**_JIT)(_rows)  # prange runs as range: no threading layer involved
-_rows_parallel = njit(parallel=True, **_JIT)(_rows)
+        _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
+               out_col)
 
 
 def kth_draws(
@@ -454,9 +473,10 @@ def kth_draws(
     out_val = np.empty((rows, n_samples), dtype=np.float64)
     out_col = np.empty((rows, n_samples), dtype=np.int64)
     threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS, rows))
-    numba.set_num_threads(threads)
-    n_blocks = 1 if threads == 1 else min(rows, 4 * threads)
-    kernel = _rows_serial if threads == 1 else _rows_parallel
+    kernel, n_blocks = _rows_serial, 1
+    if threads > 1:
+        numba.set_num_threads(threads)
+        kernel, n_blocks = _rows_parallel, min(rows, 4 * threads)
     kernel(x, k, float(epsilon), n_samples, max(int(n_candidates), k),
           np.uint64(seed & (2**64 - 1)), perturbed, given, n_blocks, out_val, out_col)
     return out_val.astype(x.dtype, copy=False), out_col
