@@ -7,8 +7,11 @@ draws all ``B·R·C`` Gaussians), drawing only the Gaussians that can matter.
 
 Algorithm, per row (rows in parallel, each with its own random stream):
 
-1. *One pass over the row*: the ``M`` largest clean scores ("candidates", ``M`` a little
-   above ``k``) and ``u``, the ``(M+1)``-th largest; every other class has ``x_j <= u``.
+1. *One pass over the row* (vectorised): the maxima of its chunks of 16 entries; ``u`` =
+   the ``(M+1)``-th largest of them (``M`` a little above ``k``), so at least ``M + 1``
+   entries reach ``u``. The "candidates" are the columns with ``x_j >= u``, found by
+   reading only the chunks whose maximum reaches ``u``; every other class has ``x_j < u``.
+   Rows shorter than ``16 (M + 2)`` make every column a candidate.
 2. Per draw, the candidates' noise is drawn in full; ``T`` = the k-th largest perturbed
    candidate, kept with the k largest perturbed values seen so far (a sorted buffer).
 3. *Revealing the others lazily*: a non-candidate ``j`` changes the k largest only if
@@ -22,7 +25,8 @@ Algorithm, per row (rows in parallel, each with its own random stream):
    ``T`` rises: later trials use the new ``T`` (each trial's probability depends only on
    what was drawn before it, so the trials stay exact).
 
-   * Common bound: ``q = Φ̄((T − u)/ε)`` over the columns in order, candidates skipped.
+   * Common bound: ``q = Φ̄((T − u)/ε)`` over the columns in order (a proposal that falls
+     on a candidate is discarded: its noise is drawn already).
    * When that would propose many columns (ε large against the spread of the scores, e.g.
      N(0, 1) scores with ε = 1), the row's non-candidates are first ordered by score in
      buckets of width ``ε/8`` below ``u`` (a counting sort, once per row): the bound of a
@@ -40,13 +44,14 @@ in float64 and returned in the dtype of ``x``. Rows holding a NaN or an infinity
 in full, with :func:`torch.topk`'s order (NaN above everything).
 
 Cost per row: one read of the row (plus a counting sort only when the common bound is too
-loose), ``B·M`` Gaussians and ``B·O(proposals)`` work. Memory: ``O(C)`` scratch per thread;
-nothing of size ``B·R·C``.
+loose), a Gaussian per candidate and draw, and ``O(proposals)`` work per draw. Memory:
+``O(C)`` scratch per thread; nothing of size ``B·R·C``.
 
 Random numbers: SplitMix64 (Steele, Lea, Flood, OOPSLA 2014) streams, one per row, keyed by
 a seed drawn from the caller's :class:`torch.Generator` and the row index, so results depend
-on the generator's state only (not on the number of threads). Gaussians: Marsaglia's polar
-method; truncated Gaussians above ``a > 0``: Robert's exponential rejection (Statistics and
+on the generator's state only (not on the number of threads). Gaussians: the 256-layer
+ziggurat of Marsaglia and Tsang (J. Stat. Softw., 2000), with Marsaglia's tail method;
+truncated Gaussians above ``a > 0``: Robert's exponential rejection (Statistics and
 Computing, 1995), and plain rejection for ``a <= 0``.
 """
 
