@@ -19,6 +19,7 @@ import math
 import pytest
 import torch
 
+from sampling_checks import Z_MAX, adversarial, assert_same_or_tied, two_sample_checks
 from smoothtopk import perturbed, perturbed_cpu
 from smoothtopk.functional import noised_topk_loss
 from smoothtopk.ops import _perturbed_kth_reference, smooth_kth_largest
@@ -26,37 +27,11 @@ from smoothtopk.perturbed import _exceedance_columns, _sample_torch, sample_pert
 
 SAMPLERS = {"kernel": sample_perturbed_kth, "torch": _sample_torch}
 
-Z_MAX = 4.0  # standard errors allowed in every statistical comparison
-_TAIL = math.erfc(Z_MAX / math.sqrt(2))  # two-sided tail of one 4-s.e. comparison
-
-
 def _brute_force(x: torch.Tensor, k: int, epsilon: float, noise: torch.Tensor):
     """k-th largest of each row of x + ε·noise, by a full sort in float64."""
     perturbed = x.double().unsqueeze(0) + epsilon * noise.double()
     order = torch.sort(perturbed, dim=-1, descending=True, stable=True)
     return order.values[..., k - 1].t(), order.indices[..., k - 1].t()
-
-
-def _adversarial(name: str, rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
-    if name == "normal":
-        return torch.randn(rows, cols, generator=gen)
-    if name == "flat":  # every class tied: candidates are an arbitrary subset of ties
-        return torch.zeros(rows, cols)
-    if name == "ties":  # few distinct values, ties across the candidate boundary
-        return torch.randint(0, 4, (rows, cols), generator=gen).float()
-    if name == "peaked":  # a trained network's scores: a few classes far ahead
-        x = torch.randn(rows, cols, generator=gen)
-        x[:, :5] += 8.0
-        return x
-    if name == "nonfinite":  # NaN, ±inf: drawn in full, in torch.topk's order
-        x = torch.randn(rows, cols, generator=gen)
-        x[0, 1] = math.nan
-        x[1, 2] = math.inf
-        x[2, :] = -math.inf
-        x[2, : cols // 2] = 0.0
-        x[3, 0] = -math.inf
-        return x
-    raise ValueError(name)
 
 
 # the torch sampler assumes finite scores; the CPU kernel draws non-finite rows in full
@@ -71,13 +46,13 @@ _SAMPLER_SCORES = [(sampler, scores) for sampler in SAMPLERS
                          [(7, 1, None), (40, 3, None), (300, 6, None), (300, 6, 6)])
 def test_equals_reference_given_noise(sampler, scores, epsilon, cols, k, n_candidates):
     gen = torch.Generator().manual_seed(cols + k)
-    x = _adversarial(scores, 16, cols, gen)
+    x = adversarial(scores, 16, cols, gen)
     noise = torch.randn(5, 16, cols, generator=gen)
     values, indices = SAMPLERS[sampler](x, k, epsilon, 5, noise=noise,
                                         n_candidates=n_candidates)
     ref_values, ref_indices = _perturbed_kth_reference(x, k, epsilon, 5, None, noise)
     torch.testing.assert_close(values, ref_values, rtol=0, atol=0, equal_nan=True)
-    _assert_same_or_tied(x, noise, epsilon, indices, ref_indices)
+    assert_same_or_tied(x, noise, epsilon, indices, ref_indices)
     if scores == "nonfinite":
         return
     # and the reference itself is the brute-force definition
@@ -85,18 +60,6 @@ def test_equals_reference_given_noise(sampler, scores, epsilon, cols, k, n_candi
     torch.testing.assert_close(values.double(), bf_values, rtol=0, atol=1e-6 * (1 + epsilon))
     if scores != "ties":  # float64 has no rounding ties
         assert torch.equal(indices, bf_indices)
-
-
-def _assert_same_or_tied(x, noise, epsilon, indices, ref_indices):
-    """Same column, or (float32 rounding made the perturbed entries equal) an entry with
-    the same perturbed value: torch.topk breaks such ties by position in its input."""
-    full = torch.add(x, noise, alpha=epsilon)  # (B, R, C)
-    got = full.gather(-1, indices.t().unsqueeze(-1))
-    ref = full.gather(-1, ref_indices.t().unsqueeze(-1))
-    assert torch.equal(got.nan_to_num(), ref.nan_to_num())
-    distinct = [len(set(r.tolist())) == r.numel() for r in full.reshape(-1, full.shape[-1])]
-    if all(distinct):
-        assert torch.equal(indices, ref_indices)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -108,35 +71,7 @@ def test_equals_reference_given_noise_huge_c(sampler, epsilon):
     got = SAMPLERS[sampler](x, 6, epsilon, 3, noise=noise)
     ref = _perturbed_kth_reference(x, 6, epsilon, 3, None, noise)
     assert torch.equal(got[0], ref[0])
-    _assert_same_or_tied(x, noise, epsilon, got[1], ref[1])
-
-
-def _two_sample_checks(fast, ref, cols: int, groups: torch.Tensor | None = None) -> None:
-    """Means, variances and per-column frequencies of two samples agree (4 s.e.).
-
-    ``groups`` (column -> group id) compares frequencies per group instead: float32
-    rounding can make perturbed entries exactly equal, and ``torch.topk`` then breaks the
-    tie by position, which differs between a full row and a candidate list."""
-    (fv, fi), (rv, ri) = fast, ref
-    if groups is not None:
-        fi, ri, cols = groups[fi], groups[ri], int(groups.max()) + 1
-    fv, rv = fv.double().flatten(), rv.double().flatten()
-    n = fv.numel()
-    se_mean = math.sqrt((fv.var() + rv.var()).item() / n)
-    assert abs((fv.mean() - rv.mean()).item()) <= Z_MAX * se_mean + 1e-12
-    # variance of the sample variance: (m4 - var^2) / n, pooled
-    pooled = torch.cat([fv, rv])
-    centred = pooled - pooled.mean()
-    se_var = math.sqrt(2 * ((centred**4).mean() - centred.var() ** 2).item() / n)
-    assert abs((fv.var() - rv.var()).item()) <= Z_MAX * se_var + 1e-12
-    f_freq = torch.bincount(fi.flatten(), minlength=cols).double() / n
-    r_freq = torch.bincount(ri.flatten(), minlength=cols).double() / n
-    p = (f_freq + r_freq) / 2
-    se = (2 * p * (1 - p) / n).sqrt()
-    # one test per column: Bonferroni, so that the family errs as rarely as one 4-s.e. test
-    cells = int((p > 0).sum())
-    z_cell = -torch.special.ndtri(torch.tensor(_TAIL / cells, dtype=torch.float64)).item()
-    assert bool(((f_freq - r_freq).abs() <= z_cell * se + 1.0 / n).all())
+    assert_same_or_tied(x, noise, epsilon, got[1], ref[1])
 
 
 _LAW_CASES = [
@@ -160,12 +95,12 @@ def test_law_matches_reference(monkeypatch, sampler, scores, cols, k, epsilon, n
     monkeypatch.setattr(perturbed, "_DENSE_FRACTION", 1.0)
     monkeypatch.setattr(perturbed, "_DENSE_SPREAD", math.inf)
     gen = torch.Generator().manual_seed(cols * k)
-    row = _adversarial(scores, 1, cols, gen)
+    row = adversarial(scores, 1, cols, gen)
     x = row.expand(4000, cols).contiguous()  # 4000 rows x 5 draws of one row's law
     fast = SAMPLERS[sampler](x, k, epsilon, 5, generator=gen, n_candidates=n_candidates)
     ref = _perturbed_kth_reference(x, k, epsilon, 5, gen, None)
     groups = row[0].long() if scores == "ties" else None  # tied classes: one group
-    _two_sample_checks(fast, ref, cols, groups)
+    two_sample_checks(fast, ref, cols, groups)
 
 
 @pytest.mark.slow
@@ -175,11 +110,11 @@ def test_law_matches_reference_huge_c(scores, epsilon):
     """Adversarial inputs for the lazy revealing: 50 000 classes, all alike or tiny noise."""
     gen = torch.Generator().manual_seed(13)
     cols = 50_000
-    row = _adversarial(scores, 1, cols, gen)
+    row = adversarial(scores, 1, cols, gen)
     x = row.expand(600, cols).contiguous()
     fast = sample_perturbed_kth(x, 6, epsilon, 5, generator=gen)
     ref = _perturbed_kth_reference(x, 6, epsilon, 5, gen, None)
-    _two_sample_checks(fast, ref, cols)
+    two_sample_checks(fast, ref, cols)
 
 
 def test_dense_switch_keeps_the_law():
@@ -187,7 +122,7 @@ def test_dense_switch_keeps_the_law():
     x = torch.randn(1, 400, generator=gen).expand(4000, 400).contiguous()
     fast = _sample_torch(x, 6, 2.0, 5, generator=gen)  # eps >> spread: full draws
     ref = _perturbed_kth_reference(x, 6, 2.0, 5, gen, None)
-    _two_sample_checks(fast, ref, 400)
+    two_sample_checks(fast, ref, 400)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

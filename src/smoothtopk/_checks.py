@@ -94,10 +94,14 @@ def check_scores(input: Tensor, name: str = "input") -> None:
                          f"{tuple(input.shape)}")
 
 
-def check_target(target: Tensor, num_samples: int, num_classes: int, name: str = "target") -> None:
+def check_target(
+    target: Tensor, num_samples: int, num_classes: int, name: str = "target",
+    check_range: bool = True,
+) -> None:
     """``target`` must be int64 of shape ``(N,)`` with values in ``[0, C)``.
 
-    The range check is eager on CPU and asynchronous (no host sync) on other devices.
+    The range check is eager on CPU and asynchronous (no host sync) on other devices;
+    ``check_range=False`` leaves it to a kernel that asserts the range itself.
     """
     if not isinstance(target, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(target).__name__}")
@@ -107,7 +111,8 @@ def check_target(target: Tensor, num_samples: int, num_classes: int, name: str =
         raise ValueError(
             f"{name} must have shape ({num_samples},) to match input, got {tuple(target.shape)}"
         )
-    check_index_range(target, num_classes, name)
+    if check_range:
+        check_index_range(target, num_classes, name)
 
 
 def check_index_range(index: Tensor, num_classes: int, name: str = "target") -> None:
@@ -126,11 +131,14 @@ def check_index_range(index: Tensor, num_classes: int, name: str = "target") -> 
         )
 
 
-def check_input_target(input: Tensor, target: Tensor) -> tuple[int, int]:
-    """Validate a loss's ``input (N, C)`` and ``target (N,)``; return ``(N, C)``."""
+def check_input_target(
+    input: Tensor, target: Tensor, check_range: bool = True
+) -> tuple[int, int]:
+    """Validate a loss's ``input (N, C)`` and ``target (N,)``; return ``(N, C)``.
+    ``check_range=False``: the values of ``target`` are checked by the loss's kernel."""
     check_scores(input)
     n, c = input.shape
-    check_target(target, n, c)
+    check_target(target, n, c, check_range=check_range)
     return n, c
 
 

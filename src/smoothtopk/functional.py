@@ -21,6 +21,7 @@ from torch import Tensor
 
 from smoothtopk._checks import (
     check_class_counts,
+    check_generator,
     check_input_target,
     check_int,
     check_k,
@@ -29,7 +30,7 @@ from smoothtopk._checks import (
     reduce,
 )
 from smoothtopk.ops import _check_smooth_args, _smooth_kth_draws, kth_largest, topk_sum
-from smoothtopk.perturbed import noised_hinge
+from smoothtopk.perturbed import hinge_on_triton, noised_hinge, triton_noised_hinge_loss
 from smoothtopk.svm import smooth_topk_svm
 
 __all__ = [
@@ -48,10 +49,13 @@ __all__ = [
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _prepare(input: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, int]:
+def _prepare(
+    input: Tensor, target: Tensor, reduction: str, check_range: bool = True
+) -> tuple[Tensor, int]:
     """Validate ``input``/``target``/``reduction``; return the input in its compute dtype
-    (float32 for float16/bfloat16) and the number of classes."""
-    _, num_classes = check_input_target(input, target)
+    (float32 for float16/bfloat16) and the number of classes. ``check_range=False``: the
+    loss's kernel asserts the range of ``target`` itself."""
+    _, num_classes = check_input_target(input, target, check_range)
     check_reduction(reduction)
     scores = input.float() if input.dtype in _LOW_PRECISION else input
     return scores, num_classes
@@ -61,19 +65,35 @@ def _label_scores(scores: Tensor, target: Tensor) -> Tensor:
     return scores.gather(1, target.unsqueeze(1)).squeeze(1)
 
 
+def _prepare_noised(input: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, int]:
+    """:func:`_prepare` for the noised losses: on the Triton path (CUDA), the hinge kernel
+    asserts the range of ``target`` on the device, as ``F.cross_entropy`` does."""
+    on_triton = isinstance(input, Tensor) and hinge_on_triton(input)
+    return _prepare(input, target, reduction, check_range=not on_triton)
+
+
 def _noised_hinge(
     scores: Tensor, target: Tensor, k: int, epsilon: float, n_samples: int,
-    generator: torch.Generator | None, noise: Tensor | None, margin: float | Tensor,
-    scale: float | None,
+    generator: torch.Generator | None, noise: Tensor | None, margins: float | Tensor,
+    scale: float | None, reduction: str,
 ) -> Tensor:
-    """``scale · (margin + top^_{K+1,ε,B}(s) − s_y)_+`` per row, in one autograd node:
-    :func:`smoothtopk.ops.smooth_kth_largest`'s draws, fused with the hinge
-    (:func:`smoothtopk.perturbed.noised_hinge`)."""
+    """``scale · (m_y + top^_{K+1,ε,B}(s) − s_y)_+`` per row, reduced, in one autograd
+    node: :func:`smoothtopk.ops.smooth_kth_largest`'s draws fused with the hinge
+    (:func:`smoothtopk.perturbed.noised_hinge`). ``margins``: a float, or per-class
+    ``(C,)``. On CUDA the draws, the hinge and the reduction are Triton kernels."""
+    if noise is None and hinge_on_triton(scores):
+        epsilon = check_real("epsilon", epsilon, 0.0)
+        n_samples = check_int("n_samples", n_samples, 1)
+        check_generator(generator, scores.device)
+        if epsilon > 0.0:
+            return triton_noised_hinge_loss(scores, target, k + 1, epsilon, n_samples,
+                                            generator, margins, scale, reduction)
     x2d, _, k, epsilon, n_samples, noise2d = _check_smooth_args(
         scores, k + 1, epsilon, n_samples, 1, generator, noise
     )
     values, indices = _smooth_kth_draws(x2d, k, epsilon, n_samples, generator, noise2d)
-    return noised_hinge(scores, target, margin, values, indices, scale)
+    margin = margins[target] if isinstance(margins, Tensor) else margins
+    return reduce(noised_hinge(scores, target, margin, values, indices, scale), reduction)
 
 
 def _check_margins(margins: object, num_classes: int, like: Tensor) -> Tensor:
@@ -191,11 +211,11 @@ def noised_topk_loss(
     Reference: Garcin, Servajean, Joly, Salmon, "Stochastic smoothing of the top-K
     calibrated hinge loss for deep imbalanced classification", ICML 2022.
     """
-    scores, num_classes = _prepare(input, target, reduction)
+    scores, num_classes = _prepare_noised(input, target, reduction)
     k = check_k(k, num_classes, needs_next=True)
     margin = check_real("margin", margin)
-    loss = _noised_hinge(scores, target, k, epsilon, n_samples, generator, noise, margin, None)
-    return reduce(loss, reduction)
+    return _noised_hinge(scores, target, k, epsilon, n_samples, generator, noise, margin, None,
+                         reduction)
 
 
 def imbalanced_noised_topk_loss(
@@ -219,13 +239,12 @@ def imbalanced_noised_topk_loss(
     Reference: Garcin et al., ICML 2022 (eq. 1 of the talk; scale as in the authors'
     Pl@ntNet-300K runs).
     """
-    scores, num_classes = _prepare(input, target, reduction)
+    scores, num_classes = _prepare_noised(input, target, reduction)
     k = check_k(k, num_classes, needs_next=True)
     margins = _check_margins(margins, num_classes, scores)
     scale = check_real("scale", scale, 0.0, low_inclusive=False)
-    loss = _noised_hinge(scores, target, k, epsilon, n_samples, generator, noise,
-                         margins[target], scale)
-    return reduce(loss, reduction)
+    return _noised_hinge(scores, target, k, epsilon, n_samples, generator, noise, margins, scale,
+                         reduction)
 
 
 def focal_loss(

@@ -11,6 +11,11 @@ readable definition, which draws all ``B·R·C`` Gaussians), with the same joint
   pass over each row, then the classes revealed lazily under a running threshold (its
   docstring gives the algorithm and the exactness argument). Rows are shared among
   ``torch.get_num_threads()`` threads; the result depends on the generator only.
+* **CUDA tensors** (float32, float16, bfloat16) when Triton is installed: the kernel of
+  :mod:`smoothtopk.perturbed_triton`, one program per (row, draw) that draws its noise in
+  registers (counter-based generator) and keeps a running top-k; nothing of size
+  ``B·R·C`` is written. Its generator bounds ``|Z| < 6.77`` (the Gaussian tail beyond,
+  ``1.3·10⁻¹¹`` per coordinate, is never drawn; its docstring states this bound).
 * **Other devices** (:func:`_sample_torch`, torch operations only, described below).
 
 Torch sampler, per row (all rows and draws are processed at once, without Python loops):
@@ -44,7 +49,8 @@ noise is also drawn at once, from the outset, for short rows (``C <= 2M``), for 
 choices depend on the scores only.
 
 Memory: nothing of size ``B·R·C`` is kept (the torch sampler's dense fall-back builds one
-transiently). The CPU kernel needs ``O(C)`` scratch per thread.
+transiently). The CPU kernel needs ``O(C)`` scratch per thread; the Triton kernel holds its
+running top-k in registers.
 
 :func:`noised_hinge` fuses the noised top-K hinges of :mod:`smoothtopk.functional` with
 these draws into one autograd node, so that their backward writes a single ``(N, C)``
@@ -57,7 +63,9 @@ bound, truncated Gaussians) are this package's.
 
 from __future__ import annotations
 
+import functools
 import math
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -81,6 +89,40 @@ _DENSE_DRAWS = 2**18
 # ... or when ε >= _DENSE_SPREAD × the scores' spread (_noise_dominates;
 # N(0, 1) scores with ε = 1 qualify, a trained network's peaked scores with ε <= 0.2 not).
 _DENSE_SPREAD = 0.25
+
+
+@functools.cache
+def _triton_kernels() -> ModuleType | None:
+    """:mod:`smoothtopk.perturbed_triton` when Triton can be imported, else ``None``."""
+    try:
+        from smoothtopk import perturbed_triton
+    except ImportError:
+        return None
+    return perturbed_triton
+
+
+def _use_triton(x: Tensor) -> bool:
+    """Whether ``x`` goes to the Triton kernels: a CUDA tensor (not float64), Triton there,
+    no CUDA graph being captured (the kernels read the generator on the host)."""
+    return (x.device.type == "cuda" and x.dtype != torch.float64
+            and _triton_kernels() is not None and not torch.cuda.is_current_stream_capturing())
+
+
+def hinge_on_triton(scores: Tensor) -> bool:
+    """Whether the noised hinge of these scores runs on the Triton kernels (CUDA, Triton
+    installed, not float64; float16/bfloat16 are computed in float32)."""
+    return _use_triton(scores)
+
+
+def triton_noised_hinge_loss(
+    scores: Tensor, target: Tensor, k: int, epsilon: float, n_samples: int,
+    generator: torch.Generator | None, margin: float | Tensor, scale: float | None,
+    reduction: str,
+) -> Tensor:
+    """:func:`smoothtopk.perturbed_triton.noised_hinge_loss` (for :func:`hinge_on_triton`
+    scores, upcast to float32 by the caller)."""
+    return _triton_kernels().noised_hinge_loss(scores, target, k, epsilon, n_samples,
+                                               generator, margin, scale, reduction)
 
 
 def _noise_dominates(x2d: Tensor, epsilon: float) -> bool:
@@ -174,8 +216,17 @@ def sample_perturbed_kth(
     speed-up, a dense pass); the result then equals the reference on the same draws, which
     checks the pruning argument draw by draw. Arguments are assumed validated by the caller
     (:func:`smoothtopk.ops.smooth_kth_largest`). CPU tensors use the compiled kernel of
-    :mod:`smoothtopk.perturbed_cpu`, other devices :func:`_sample_torch`.
+    :mod:`smoothtopk.perturbed_cpu`, CUDA tensors :mod:`smoothtopk.perturbed_triton`
+    (``n_candidates`` unused there), other devices :func:`_sample_torch`.
     """
+    if _use_triton(x2d):
+        work = x2d.detach().float()
+        perturbed = None
+        if noise is not None:  # the reference's arithmetic, for bitwise equality
+            perturbed = torch.add(work, noise.to(work.dtype), alpha=epsilon)
+        values, indices = _triton_kernels().kth_draws(work, k, epsilon, n_samples, generator,
+                                                      perturbed)
+        return values.to(x2d.dtype), indices
     if x2d.device.type != "cpu":
         return _sample_torch(x2d, k, epsilon, n_samples, generator, noise, n_candidates)
     m = k + DEFAULT_EXTRA_CANDIDATES if n_candidates is None else n_candidates
@@ -329,4 +380,7 @@ def noised_hinge(
     :func:`smoothtopk.ops.smooth_kth_largest`, ``gather`` and ``relu``, with one gradient
     buffer instead of two. Arguments are assumed validated by the caller.
     """
+    if _use_triton(scores) and scores.dtype == torch.float32:
+        hinge = _triton_kernels().NoisedHingeFunction
+        return hinge.apply(scores, target, margin, values, indices, scale)
     return _NoisedHinge.apply(scores, target, margin, values, indices, scale)
