@@ -145,6 +145,22 @@ def _noised_reference(setting: Setting) -> LossFn:
     return loss
 
 
+@contender("noised_topk_loss(torch sampler)")
+def _noised_torch_sampler(setting: Setting) -> LossFn | None:
+    """The balanced noised loss with the torch-only sampler and hinge: what CUDA tensors
+    ran before the Triton kernels (GPU runs only; on a CPU the compiled kernel is timed)."""
+    if setting.device.type == "cpu":
+        return None
+    from smoothtopk.perturbed import _NoisedHinge, _sample_torch
+
+    def loss(scores: Tensor, target: Tensor) -> Tensor:
+        values, indices = _sample_torch(scores.detach(), setting.k + 1, setting.epsilon,
+                                        setting.n_samples)
+        return _NoisedHinge.apply(scores, target, 1.0, values, indices, None).mean()
+
+    return loss
+
+
 # ---------------------------------------------------------------------------- timing
 
 
