@@ -1,7 +1,8 @@
 """Tests of the Triton kernels (:mod:`smoothtopk.perturbed_triton`).
 
-On a machine without a GPU they run on the CPU under ``TRITON_INTERPRET=1`` (set here,
-before Triton compiles anything), with small sizes; on a CUDA machine they run the compiled
+On a machine without a GPU they run on the CPU under ``TRITON_INTERPRET=1`` (set by
+``conftest.py`` before anything imports Triton, and here for a run of this file alone),
+with small sizes; on a CUDA machine they run the compiled
 kernels, with larger samples, and also compare the CUDA losses with the CPU path.
 
 Checks: on given draws, the selection equals the reference bit for bit (adversarial rows);
