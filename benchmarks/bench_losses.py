@@ -275,10 +275,14 @@ def main(argv: list[str] | None = None) -> str:
         f"median of {args.repeats}; torch {torch.__version__}, device {device}, "
         f"{torch.get_num_threads()} threads, {platform.machine()}."
     )
-    text = header + "\n\n" + format_table(results) + "\n"
+    return emit(header + "\n\n" + format_table(results) + "\n", args.out)
+
+
+def emit(text: str, out: str | None) -> str:
+    """Print a benchmark's table, and write it to ``out`` too when given."""
     print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
+    if out:
+        with open(out, "w", encoding="utf-8") as handle:
             handle.write(text)
     return text
 

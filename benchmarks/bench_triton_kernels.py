@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import triton.testing
 
-from bench_losses import make_inputs
+from bench_losses import emit, make_inputs
 from smoothtopk import perturbed_triton as pt
 from smoothtopk.functional import noised_topk_loss
 
@@ -66,12 +66,7 @@ def main(argv: list[str] | None = None) -> str:
                 f"{us[name]:.1f} ({us[name] / us['ce']:.2f}x)"
                 for name in ["sampler", "hinge", "grad", "loss"]]
             lines.append(f"| {regime} | {c} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    return text
+    return emit("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":
