@@ -21,7 +21,6 @@ from torch import Tensor
 
 from smoothtopk._checks import (
     check_class_counts,
-    check_generator,
     check_input_target,
     check_int,
     check_k,
@@ -29,8 +28,14 @@ from smoothtopk._checks import (
     check_reduction,
     reduce,
 )
-from smoothtopk.ops import _check_smooth_args, _smooth_kth_draws, kth_largest, topk_sum
-from smoothtopk.perturbed import hinge_on_triton, noised_hinge, triton_noised_hinge_loss
+from smoothtopk.ops import (
+    _check_draw_args,
+    _check_smooth_args,
+    _smooth_kth_draws,
+    kth_largest,
+    topk_sum,
+)
+from smoothtopk.perturbed import noised_hinge, triton_noised_hinge_loss, uses_triton
 from smoothtopk.svm import smooth_topk_svm
 
 __all__ = [
@@ -68,7 +73,7 @@ def _label_scores(scores: Tensor, target: Tensor) -> Tensor:
 def _prepare_noised(input: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, int]:
     """:func:`_prepare` for the noised losses: on the Triton path (CUDA), the hinge kernel
     asserts the range of ``target`` on the device, as ``F.cross_entropy`` does."""
-    on_triton = isinstance(input, Tensor) and hinge_on_triton(input)
+    on_triton = isinstance(input, Tensor) and uses_triton(input)
     return _prepare(input, target, reduction, check_range=not on_triton)
 
 
@@ -81,10 +86,8 @@ def _noised_hinge(
     node: :func:`smoothtopk.ops.smooth_kth_largest`'s draws fused with the hinge
     (:func:`smoothtopk.perturbed.noised_hinge`). ``margins``: a float, or per-class
     ``(C,)``. On CUDA the draws, the hinge and the reduction are Triton kernels."""
-    if noise is None and hinge_on_triton(scores):
-        epsilon = check_real("epsilon", epsilon, 0.0)
-        n_samples = check_int("n_samples", n_samples, 1)
-        check_generator(generator, scores.device)
+    if noise is None and uses_triton(scores):
+        epsilon, n_samples = _check_draw_args(epsilon, n_samples, generator, scores.device)
         if epsilon > 0.0:
             return triton_noised_hinge_loss(scores, target, k + 1, epsilon, n_samples,
                                             generator, margins, scale, reduction)

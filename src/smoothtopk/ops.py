@@ -167,6 +167,16 @@ def kth_largest(x: Tensor, k: int, dim: int = -1) -> Tensor:
     return out.reshape(out_shape)
 
 
+def _check_draw_args(
+    epsilon: object, n_samples: object, generator: object, device: torch.device
+) -> tuple[float, int]:
+    """``epsilon >= 0``, ``n_samples >= 1`` and a generator on ``device`` (or ``None``)."""
+    epsilon = check_real("epsilon", epsilon, 0.0)
+    n_samples = check_int("n_samples", n_samples, 1)
+    check_generator(generator, device)
+    return epsilon, n_samples
+
+
 def _check_smooth_args(
     x: Tensor, k: int, epsilon: float, n_samples: int, dim: int, generator: object,
     noise: object,
@@ -174,9 +184,7 @@ def _check_smooth_args(
     _check_tensor(x)
     x2d, dim, out_shape = _rows(x, dim)
     k = check_k(k, x2d.shape[1])
-    epsilon = check_real("epsilon", epsilon, 0.0)
-    n_samples = check_int("n_samples", n_samples, 1)
-    check_generator(generator, x.device)
+    epsilon, n_samples = _check_draw_args(epsilon, n_samples, generator, x.device)
     noise2d = None if noise is None else _noise_rows(noise, x, dim, n_samples)
     return x2d, out_shape, k, epsilon, n_samples, noise2d
 

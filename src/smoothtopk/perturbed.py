@@ -101,17 +101,12 @@ def _triton_kernels() -> ModuleType | None:
     return perturbed_triton
 
 
-def _use_triton(x: Tensor) -> bool:
-    """Whether ``x`` goes to the Triton kernels: a CUDA tensor (not float64), Triton there,
-    no CUDA graph being captured (the kernels read the generator on the host)."""
+def uses_triton(x: Tensor) -> bool:
+    """Whether ``x`` goes to the Triton kernels (the sampler, and the noised hinge after the
+    losses' float32 upcast): a CUDA tensor (not float64), Triton there, no CUDA graph being
+    captured (the kernels read the generator on the host)."""
     return (x.device.type == "cuda" and x.dtype != torch.float64
             and _triton_kernels() is not None and not torch.cuda.is_current_stream_capturing())
-
-
-def hinge_on_triton(scores: Tensor) -> bool:
-    """Whether the noised hinge of these scores runs on the Triton kernels (CUDA, Triton
-    installed, not float64; float16/bfloat16 are computed in float32)."""
-    return _use_triton(scores)
 
 
 def triton_noised_hinge_loss(
@@ -119,7 +114,7 @@ def triton_noised_hinge_loss(
     generator: torch.Generator | None, margin: float | Tensor, scale: float | None,
     reduction: str,
 ) -> Tensor:
-    """:func:`smoothtopk.perturbed_triton.noised_hinge_loss` (for :func:`hinge_on_triton`
+    """:func:`smoothtopk.perturbed_triton.noised_hinge_loss` (for :func:`uses_triton`
     scores, upcast to float32 by the caller)."""
     return _triton_kernels().noised_hinge_loss(scores, target, k, epsilon, n_samples,
                                                generator, margin, scale, reduction)
@@ -219,7 +214,7 @@ def sample_perturbed_kth(
     :mod:`smoothtopk.perturbed_cpu`, CUDA tensors :mod:`smoothtopk.perturbed_triton`
     (``n_candidates`` unused there), other devices :func:`_sample_torch`.
     """
-    if _use_triton(x2d):
+    if uses_triton(x2d):
         work = x2d.detach().float()
         perturbed = None
         if noise is not None:  # the reference's arithmetic, for bitwise equality
@@ -380,7 +375,7 @@ def noised_hinge(
     :func:`smoothtopk.ops.smooth_kth_largest`, ``gather`` and ``relu``, with one gradient
     buffer instead of two. Arguments are assumed validated by the caller.
     """
-    if _use_triton(scores) and scores.dtype == torch.float32:
+    if uses_triton(scores) and scores.dtype == torch.float32:
         hinge = _triton_kernels().NoisedHingeFunction
         return hinge.apply(scores, target, margin, values, indices, scale)
     return _NoisedHinge.apply(scores, target, margin, values, indices, scale)
