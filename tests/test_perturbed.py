@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -182,6 +183,86 @@ def test_kernel_keeps_the_dtype(dtype):
     assert values.dtype == dtype and indices.dtype == torch.int64
     # the value is the perturbed score of the column it names: within a few ε of it
     assert bool(((values.double() - x.double().gather(1, indices)).abs() < 0.5 * 8).all())
+
+
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, -math.inf])
+def test_chunk_maxima_of_strided_chunks(bad):
+    """Chunk c holds the columns c + t·n (t < 16); a NaN or an infinity makes its top NaN."""
+    gen = torch.Generator().manual_seed(4)
+    row = torch.randn(16 * 37 + 5, generator=gen).numpy()
+    if bad is not None:
+        row[3 + 37 * 7] = bad
+    tops, check = np.empty(37, np.float32), np.empty(37, np.float32)
+    perturbed_cpu._chunk_tops(row, tops, check)
+    for c in range(37):
+        chunk = [float(row[c + 37 * t]) for t in range(16)]
+        if c == 3 and bad is not None:
+            assert math.isnan(tops[c])
+        else:
+            assert tops[c] == max(chunk)
+
+
+@pytest.mark.parametrize(("scores", "epsilon"), [("normal", 1.0), ("peaked", 0.1),
+                                                 ("peaked", 10.0), ("flat", 1.0),
+                                                 ("ties", 1e-6)])
+def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
+    """Every column >= u and none below, at least k + 1 of them, by decreasing score; fewer
+    on peaked scores with a small ε."""
+    gen = torch.Generator().manual_seed(6)
+    x = adversarial(scores, 8, 1081, gen).numpy()
+    k, m = 6, 14
+    counts = []
+    for row in x:
+        cols = row.shape[0]
+        cand_col, cand_x = np.empty(cols, np.int64), np.empty(cols)
+        scratch = [np.empty(cols // 16 + 1, np.float32) for _ in range(2)]
+        chosen, select = np.empty(cols // 16 + 1, np.int64), np.empty(m + 1)
+        count, u, finite = perturbed_cpu._candidates(row, k, m, epsilon, cand_col, cand_x,
+                                                     *scratch, chosen, select)
+        assert finite and count >= k + 1
+        assert sorted(cand_col[:count].tolist()) == np.flatnonzero(row >= u).tolist()
+        assert (np.diff(cand_x[:count]) <= 0).all()
+        assert (cand_x[:count] == row[cand_col[:count]]).all()
+        counts.append(count)
+    if scores == "peaked" and epsilon == 0.1:  # 5 classes ahead: the gap rule applies
+        assert max(counts) <= 2 * (k + 2)
+
+
+def test_tail_table_brackets_the_tail():
+    """The table's bound q >= Φ̄(a) with log(1 − q), and its squeeze of w <= Φ̄(a) gives
+    the exact answer, on and between grid points, at cell edges and beyond the table."""
+    gen = np.random.default_rng(2)
+    grid = perturbed_cpu._TAB_A
+    points = np.concatenate([gen.uniform(-9.0, 11.0, 4000), grid, np.nextafter(grid, -20),
+                             np.nextafter(grid, 20), [40.0, 1e3, -1e3]])
+    for a in points:
+        tail = perturbed_cpu._tail(a)
+        q, log_fail = perturbed_cpu._tail_bound(a)
+        assert q >= tail
+        assert log_fail == -math.inf if q == 1.0 else math.isclose(log_fail, math.log1p(-q),
+                                                                   rel_tol=1e-14)
+        if -8.0 <= a < 10.0:  # within a cell of a: a tight bound
+            assert q <= perturbed_cpu._tail(a - 1.0 / 32) * (1 + 1e-9)
+        for w in (tail * (1 - 1e-15), tail, tail * (1 + 1e-15), tail * 0.97, tail * 1.03,
+                  gen.uniform(0.0, 1.0)):
+            assert perturbed_cpu._under_tail(w, a) == (w <= tail)
+
+
+def test_geometric_shortcut_agrees_with_the_logarithm():
+    """Gaps settled by log V <= V − 1 (returned as inf) do pass the limit; the others are
+    ⌊log V / log(1 − q)⌋."""
+    for q in (1e-30, 1e-12, 1e-4, 0.01, 0.3, 0.9):
+        log_fail = math.log1p(-q)
+        for limit in (1, 10, 1000, 10**6):
+            for seed in range(200):
+                state = np.uint64(seed * 7919 + 1)
+                _, gap = perturbed_cpu._geometric(state, q, log_fail, limit)
+                _, v = perturbed_cpu._uniform(state)
+                exact = math.floor(math.log(v) / log_fail)
+                if math.isinf(gap):
+                    assert exact >= limit
+                else:
+                    assert gap == exact
 
 
 def test_exceedance_columns_are_bernoulli_trials():

@@ -120,9 +120,9 @@ def check_index_range(index: Tensor, num_classes: int, name: str = "target") -> 
     if index.numel() == 0:
         return
     if index.device.type == "cpu":
-        bad = (index < 0) | (index >= num_classes)
-        if bool(bad.any()):
-            value = int(index[bad][0])
+        low, high = (int(v) for v in torch.aminmax(index))
+        if low < 0 or high >= num_classes:
+            value = low if low < 0 else high
             raise ValueError(f"{name} values must be in [0, {num_classes}), found {value}")
     else:
         torch._assert_async(

@@ -7,13 +7,18 @@ draws all ``B·R·C`` Gaussians), drawing only the Gaussians that can matter.
 
 Algorithm, per row (rows in parallel, each with its own random stream):
 
-1. *One pass over the row* (vectorised): the maxima of its chunks of 16 entries; ``u`` =
-   the ``(M+1)``-th largest of them (``M`` a little above ``k``), so at least ``M + 1``
-   entries reach ``u``. The "candidates" are the columns with ``x_j >= u``, found by
-   reading only the chunks whose maximum reaches ``u``; every other class has ``x_j < u``.
-   Rows shorter than ``16 (M + 2)`` make every column a candidate.
+1. *One pass over the row* (vectorised): the maxima of ``n = ⌊C/16⌋`` chunks of 16
+   entries (chunk ``c`` holds the columns ``c + t·n``, strided so that the pass vectorises
+   over ``c``); ``u`` = one of the ``M + 1`` largest of them (``M`` a little above ``k``),
+   so that at least ``k + 1`` entries reach ``u``: the largest that lies ``4ε`` below the
+   k-th largest maximum (peaked scores: few candidates), else the ``(M+1)``-th. The
+   "candidates" are the columns with ``x_j >= u``, found by reading only the chunks whose
+   maximum reaches ``u``, and sorted by decreasing score; every other class has
+   ``x_j < u``. Rows shorter than ``16 (M + 2)`` make every column a candidate. ``u``
+   depends on the scores only.
 2. Per draw, the candidates' noise is drawn in full; ``T`` = the k-th largest perturbed
-   candidate, kept with the k largest perturbed values seen so far (a sorted buffer).
+   candidate, kept with the k largest perturbed values seen so far (a sorted buffer, in
+   torch.topk's order: the smaller column first among equal values).
 3. *Revealing the others lazily*: a non-candidate ``j`` changes the k largest only if
    ``x_j + εZ_j > T``, an event of probability ``p_j = Φ̄((T − x_j)/ε)`` independent of
    everything drawn so far. The non-candidates are visited in a fixed order (depending on
@@ -25,12 +30,18 @@ Algorithm, per row (rows in parallel, each with its own random stream):
    ``T`` rises: later trials use the new ``T`` (each trial's probability depends only on
    what was drawn before it, so the trials stay exact).
 
-   * Common bound: ``q = Φ̄((T − u)/ε)`` over the columns in order (a proposal that falls
+   * Bounds come from a table of ``Φ̄`` on a grid of step 1/64 over [−8, 10] (widened by
+     1e-12 relative, beyond any erfc's error): ``q`` is the table's value at the grid point
+     below ``(T − top)/ε`` (``Φ̄(10)`` beyond it), and the acceptance test ``V·q <= p_j``
+     is settled by the table's bracket of ``p_j`` unless ``V·q`` falls inside it (then
+     erfc decides). Geometric gaps that certainly pass the end of the row are settled by
+     ``log V <= V − 1``, without a logarithm.
+   * Common bound: ``q >= Φ̄((T − u)/ε)`` over the columns in order (a proposal that falls
      on a candidate is discarded: its noise is drawn already).
    * When that would propose many columns (ε large against the spread of the scores, e.g.
      N(0, 1) scores with ε = 1), the row's non-candidates are first ordered by score in
      buckets of width ``ε/8`` below ``u`` (a counting sort, once per row): the bound of a
-     bucket is ``Φ̄((T − top of the bucket)/ε)``, close to every ``p_j`` in it, and the high
+     bucket is ``q >= Φ̄((T − top of the bucket)/ε)``, close to every ``p_j`` in it, and the high
      buckets, visited first, raise ``T`` early.
 4. A non-candidate never proposed, or rejected, has ``x_j + εZ_j <= T`` for the ``T`` of its
    trial, which only rises; at least ``k`` revealed entries are ``>= T``. So the k largest
@@ -76,6 +87,10 @@ _SQRT_HALF = math.sqrt(0.5)
 
 #: Chunk length of the candidate search (step 1).
 _CHUNK = 16
+#: Fewer candidates when the k-th largest chunk maximum leads ``u`` by ``_GAP·ε`` (a
+#: non-candidate then exceeds the k-th perturbed candidate with probability of order
+#: ``Φ̄(_GAP)``): speed only.
+_GAP = 4.0
 #: Buckets of the score order (step 3): width ``ε · _BUCKET_WIDTH`` below ``u``, the last
 #: one open-ended.
 _BUCKET_WIDTH = 0.125
@@ -181,22 +196,86 @@ def _tail(a):
     return 0.5 * math.erfc(a * _SQRT_HALF)
 
 
+def _tail_table(lo: float = -8.0, hi: float = 10.0, per_unit: int = 64):
+    """Grid ``a_i = lo + i/per_unit`` and bounds of ``Φ̄(a_i)`` widened by 1e-12 relative
+    (far above the error of any erfc): ``lower_i <= Φ̄(a_i) <= upper_i``, and
+    ``log(1 − upper_i)``."""
+    grid = lo + np.arange(int((hi - lo) * per_unit) + 1) / per_unit
+    tail = np.array([0.5 * math.erfc(a * _SQRT_HALF) for a in grid])
+    upper = np.minimum(tail * (1.0 + 1e-12), 1.0)
+    with np.errstate(divide="ignore"):
+        return grid, tail * (1.0 - 1e-12), upper, np.log1p(-upper)
+
+
+_TAB_LO, _TAB_HI, _TAB_PER_UNIT = -8.0, 10.0, 64.0
+_TAB_A, _TAB_LOWER, _TAB_UPPER, _TAB_LOG_FAIL = _tail_table(_TAB_LO, _TAB_HI, int(_TAB_PER_UNIT))
+
+
 @njit(inline="always", **_JIT)
-def _geometric(state, q):
-    """Failures before the first success of Bernoulli(q) trials, as a float (may be inf)."""
+def _cell(a):
+    """Index ``i`` of the table cell with ``a_i <= a <= a_{i+1}``, or −1 off the table."""
+    if not _TAB_LO <= a < _TAB_HI:
+        return -1
+    i = int((a - _TAB_LO) * _TAB_PER_UNIT)
+    if _TAB_A[i] <= a <= _TAB_A[i + 1]:
+        return i
+    return -1  # float rounding at a cell's edge
+
+
+@njit(inline="always", **_JIT)
+def _under_tail(w, a):
+    """``w <= Φ̄(a)``, decided by the table's bounds unless ``w`` falls between them."""
+    i = _cell(a)
+    if i >= 0:
+        if w <= _TAB_LOWER[i + 1]:
+            return True
+        if w > _TAB_UPPER[i]:
+            return False
+    return w <= _tail(a)
+
+
+@njit(inline="always", **_JIT)
+def _tail_bound(a):
+    """An upper bound ``q >= Φ̄(a)`` (the table's, within a cell of ``a``; its last entry,
+    ``Φ̄(10) ≈ 7.6e-24``, beyond) and ``log(1 − q)``."""
+    if a >= _TAB_HI:
+        i = _TAB_A.shape[0] - 1
+    else:
+        i = _cell(a)
+        if i < 0:
+            if not a >= _TAB_LO:  # below the table (or NaN): every trial is a proposal
+                return 1.0, -np.inf
+            i = max(int((a - _TAB_LO) * _TAB_PER_UNIT) - 1, 0)  # a cell's edge: one lower
+    return _TAB_UPPER[i], _TAB_LOG_FAIL[i]
+
+
+@njit(inline="always", **_JIT)
+def _geometric(state, q, log_fail, limit):
+    """Failures before the first success of Bernoulli(q) trials, as a float; ``inf`` when
+    they reach ``limit`` (``log_fail = log(1 − q)``). ``log U <= U − 1`` settles most calls
+    with a tiny ``q`` without a logarithm."""
     if q >= 1.0:
         return state, 0.0
-    if not q > 0.0:  # Φ̄ underflowed (beyond 38 standard deviations)
+    if not q > 0.0:
         return state, np.inf
     state, u = _uniform(state)
-    return state, np.floor(math.log(u) / math.log1p(-q))  # float: may exceed int64
+    if u - 1.0 <= limit * log_fail:  # then log(u) / log_fail >= limit
+        return state, np.inf
+    return state, np.floor(math.log(u) / log_fail)  # float: may exceed int64
+
+
+@njit(inline="always", **_JIT)
+def _beats(v, j, value, col):
+    """Whether entry ``(v, j)`` ranks above ``(value, col)`` in torch.topk's order of finite
+    values: the larger value, the smaller column among equal values."""
+    return v > value or (v == value and j < col)
 
 
 @njit(inline="always", **_JIT)
 def _insert(top_val, top_col, k, v, j):
-    """Insert ``v`` (column ``j``) into the descending buffer of size k (v > top_val[k-1])."""
+    """Insert ``(v, j)`` into the buffer of the k best, descending (it beats the k-th)."""
     i = k - 1
-    while i > 0 and top_val[i - 1] < v:
+    while i > 0 and _beats(v, j, top_val[i - 1], top_col[i - 1]):
         top_val[i] = top_val[i - 1]
         top_col[i] = top_col[i - 1]
         i -= 1
@@ -211,29 +290,36 @@ def _above(a, b):
 
 
 @njit(fastmath=_REASSOC, **_JIT)
-def _chunk_tops(row, tops):
-    """``tops[c]`` = maximum of ``row[16c : 16c + 16]``, NaN when the chunk holds a NaN or an
-    infinity; vectorised."""
-    for c in range(tops.shape[0]):
-        chunk = row[c * _CHUNK:(c + 1) * _CHUNK]
-        top = chunk[0]
-        check = chunk[0] * 0
-        for t in range(1, _CHUNK):
-            v = chunk[t]
-            top = max(top, v)
-            check += v * 0
-        tops[c] = top + check
+def _chunk_tops(row, tops, check):
+    """``tops[c]`` = maximum of the chunk ``c`` (columns ``c + t·n``, ``t < 16``, for
+    ``n = len(tops)`` chunks), NaN when the chunk holds a NaN or an infinity; strided chunks
+    so that the loop over ``c`` vectorises (``check``: scratch of the same size)."""
+    n = tops.shape[0]
+    for c in range(n):
+        tops[c] = row[c]
+        check[c] = row[c] * 0
+    for t in range(1, _CHUNK):
+        for c in range(n):
+            v = row[t * n + c]
+            tops[c] = max(tops[c], v)
+            check[c] += v * 0
+    for c in range(n):
+        tops[c] += check[c]
 
 
 @njit(**_JIT)
-def _candidates(row, m, cand_col, tops, select):
-    """Step 1: the candidates are the columns with ``x_j >= u``, at least ``m + 1`` of them,
-    listed in ``cand_col``. Returns ``(count, u, finite)``; ``finite`` is False when the
-    row holds a NaN or an infinity (then nothing else is meaningful).
+def _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen, select):
+    """Step 1: the candidates are the columns with ``x_j >= u``, at least ``k + 1`` of
+    them (``m + 1`` at most), listed in ``cand_col`` and ``cand_x`` by decreasing score.
+    Returns ``(count, u, finite)``; ``finite`` is False when the row holds a NaN or an
+    infinity (then nothing else is meaningful).
 
-    ``u`` is the (m+1)-th largest of the maxima of the chunks of 16 entries: at least m+1
-    entries reach it, and only the chunks whose maximum reaches it are read entry by entry.
-    Rows of fewer than ``16 (m + 2)`` entries make every column a candidate (``u = −∞``)."""
+    ``u`` is one of the ``m + 1`` largest chunk maxima (chunks of 16 strided columns,
+    :func:`_chunk_tops`): at least as many entries reach it, and only the chunks whose
+    maximum reaches it are read entry by entry. It is the largest of them at least
+    ``_GAP·ε`` below the k-th largest maximum (then an exceedance over the candidates is
+    rare), else the (m+1)-th. Rows of fewer than ``16 (m + 2)`` entries make every column
+    a candidate (``u = −∞``). ``u`` depends on the scores only."""
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
     if n_chunks <= m + 1:
@@ -242,35 +328,58 @@ def _candidates(row, m, cand_col, tops, select):
             v = float(row[j])
             finite = finite and (v - v == 0.0)
             cand_col[j] = j
-        return cols, -np.inf, finite
-    tops = tops[:n_chunks]
-    _chunk_tops(row, tops)
-    for i in range(m + 1):
-        select[i] = -np.inf
-    for c in range(n_chunks):  # the m+1 largest chunk maxima, descending
-        v = float(tops[c])
-        if v != v:  # a NaN or an infinity in the chunk
+            cand_x[j] = v
+        if not finite:
             return 0, np.nan, False
-        if v > select[m]:
-            i = m
-            while i > 0 and select[i - 1] < v:
-                select[i] = select[i - 1]
-                i -= 1
-            select[i] = v
-    u = select[m]
-    count = 0
-    for c in range(n_chunks):
-        if tops[c] >= u:
-            for j in range(c * _CHUNK, (c + 1) * _CHUNK):
+        count, u = cols, -np.inf
+    else:
+        tops = tops[:n_chunks]
+        _chunk_tops(row, tops, check[:n_chunks])
+        for i in range(m + 1):
+            select[i] = -np.inf
+        for c in range(n_chunks):  # the m+1 largest chunk maxima, descending
+            v = float(tops[c])
+            if v != v:  # a NaN or an infinity in the chunk
+                return 0, np.nan, False
+            if v > select[m]:
+                i = m
+                while i > 0 and select[i - 1] < v:
+                    select[i] = select[i - 1]
+                    i -= 1
+                select[i] = v
+        last = k
+        while last < m and select[k - 1] - select[last] < _GAP * eps:
+            last += 1
+        u = select[last]
+        reached = 0  # the chunks whose maximum reaches u, listed without branches
+        for c in range(n_chunks):
+            chosen[reached] = c
+            reached += tops[c] >= u
+        count = 0
+        for i in range(reached):
+            for j in range(chosen[i], _CHUNK * n_chunks, n_chunks):
+                v = float(row[j])
                 cand_col[count] = j
-                count += float(row[j]) >= u
-    finite = True
-    for j in range(n_chunks * _CHUNK, cols):
-        v = float(row[j])
-        finite = finite and (v - v == 0.0)
-        cand_col[count] = j
-        count += v >= u
-    return count, u, finite
+                cand_x[count] = v
+                count += v >= u
+        finite = True
+        for j in range(_CHUNK * n_chunks, cols):
+            v = float(row[j])
+            finite = finite and (v - v == 0.0)
+            cand_col[count] = j
+            cand_x[count] = v
+            count += v >= u
+        if not finite:
+            return 0, np.nan, False
+    for i in range(1, count):  # by decreasing score: the draws' order is then predictable
+        v, j = cand_x[i], cand_col[i]
+        h = i
+        while h > 0 and cand_x[h - 1] < v:
+            cand_x[h] = cand_x[h - 1]
+            cand_col[h] = cand_col[h - 1]
+            h -= 1
+        cand_x[h], cand_col[h] = v, j
+    return count, u, True
 
 
 @njit(**_JIT)
@@ -339,85 +448,108 @@ def _bucket_order(row, u, width, order, bucket, starts):
 def _trial(state, xj, j, eps, q, top_val, top_col, k):
     """The proposal of column ``j`` (score ``xj``) under the bound ``q``: accepted with
     probability ``Φ̄(a)/q``, ``a = (T − x_j)/ε``; then ``x_j + εZ``, ``Z | Z > a``, enters
-    the buffer."""
+    the buffer. Returns the stream's state and whether ``T`` rose."""
     a = (top_val[k - 1] - xj) / eps
     state, v = _uniform(state)
-    if v * q <= _tail(a):
+    if _under_tail(v * q, a):
         state, z = _normal_above(state, a)
         value = xj + eps * z
-        if value > top_val[k - 1]:  # always, but for float rounding
+        if _beats(value, j, top_val[k - 1], top_col[k - 1]):  # always, but for rounding
             _insert(top_val, top_col, k, value, j)
-    return state
+            return state, True
+    return state, False
+
+
+@njit(**_JIT)
+def _reveal_buckets(state, row, order, starts, others, u, width, eps, top_val, top_col, k):
+    """Step 3 over the non-candidates ordered by buckets of decreasing scores: the bound of
+    the bucket at the current position, recomputed when the bucket changes or ``T`` rises."""
+    pos = 0
+    level = 0
+    stale = True
+    q = log_fail = 0.0
+    while True:
+        while level < _N_BUCKETS - 1 and starts[level + 1] <= pos:
+            level += 1
+            stale = True
+        if stale:  # every non-candidate from pos on has x_j <= u − level·width
+            hi = u - level * width * (1.0 - 1e-9)  # float slack: q >= p_j
+            q, log_fail = _tail_bound((top_val[k - 1] - hi) / eps)
+            stale = False
+        state, gap = _geometric(state, q, log_fail, others - pos)
+        if pos + gap >= others:
+            return state
+        pos += int(gap)
+        j = order[pos]
+        pos += 1
+        state, stale = _trial(state, float(row[j]), j, eps, q, top_val, top_col, k)
+
+
+@njit(**_JIT)
+def _reveal_columns(state, row, u, eps, top_val, top_col, k):
+    """Step 3 over every column in turn under the common bound ``x_j < u`` (a proposal
+    that falls on a candidate is discarded: its noise is drawn already)."""
+    cols = row.shape[0]
+    pos = 0
+    stale = True
+    q = log_fail = 0.0
+    while True:
+        if stale:
+            q, log_fail = _tail_bound((top_val[k - 1] - u) / eps)
+            stale = False
+        state, gap = _geometric(state, q, log_fail, cols - pos)
+        if pos + gap >= cols:
+            return state
+        j = pos + int(gap)
+        pos = j + 1
+        xj = float(row[j])
+        if xj < u:
+            state, stale = _trial(state, xj, j, eps, q, top_val, top_col, k)
 
 
 @njit(**_JIT)
 def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
-         top_col, select, cand_col, cand_x, order, bucket, starts, tops):
+         top_col, select, cand_col, cand_x, order, bucket, starts, tops, check, chosen):
     cols = row.shape[0]
-    count, u, finite = _candidates(row, m, cand_col, tops, select)
+    count, u, finite = _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen,
+                                   select)
     if not finite:
         _dense_row(row, k, eps, n_samples, state, perturbed, r, given, top_val, top_col,
                    out_val, out_col)
         return
-    for i in range(count):
-        cand_x[i] = row[cand_col[i]]
     others = cols - count
     sorted_ = False
-    width = eps * _BUCKET_WIDTH
     for b in range(n_samples):
         # 2. the candidates in full
         for i in range(k):
             top_val[i] = -np.inf
-        if given:
-            for i in range(count):
-                v = float(perturbed[b, r, cand_col[i]])
-                if v > top_val[k - 1]:
-                    _insert(top_val, top_col, k, v, cand_col[i])
-        else:
-            for i in range(count):
+            top_col[i] = cols
+        for i in range(count):
+            j = cand_col[i]
+            if given:
+                v = float(perturbed[b, r, j])
+            else:
                 state, z = _normal(state)
                 v = cand_x[i] + eps * z
-                if v > top_val[k - 1]:
-                    _insert(top_val, top_col, k, v, cand_col[i])
+            if _beats(v, j, top_val[k - 1], top_col[k - 1]):
+                _insert(top_val, top_col, k, v, j)
         if others == 0:
             pass
         elif given:  # 3. on given draws: each trial Z_j > (T − x_j)/ε read from them
             for j in range(cols):
                 v = float(perturbed[b, r, j])
-                if v > top_val[k - 1] and float(row[j]) < u:
+                if float(row[j]) < u and _beats(v, j, top_val[k - 1], top_col[k - 1]):
                     _insert(top_val, top_col, k, v, j)
         else:  # 3. the other classes, revealed lazily
-            q = _tail((top_val[k - 1] - u) / eps)
+            q = _tail_bound((top_val[k - 1] - u) / eps)[0]
             if not sorted_ and q * others > _SORT_FRACTION * cols + 8.0:
-                _bucket_order(row, u, width, order, bucket, starts)
+                _bucket_order(row, u, eps * _BUCKET_WIDTH, order, bucket, starts)
                 sorted_ = True
-            pos = 0
-            if sorted_:  # the non-candidates by buckets of decreasing scores
-                level = 0
-                while True:
-                    while level < _N_BUCKETS - 1 and starts[level + 1] <= pos:
-                        level += 1
-                    # every non-candidate from pos on has x_j <= u − level·width
-                    hi = u - level * width * (1.0 - 1e-9)  # float slack: q >= p_j
-                    q = _tail((top_val[k - 1] - hi) / eps)
-                    state, gap = _geometric(state, q)
-                    if pos + gap >= others:
-                        break
-                    pos += int(gap)
-                    j = order[pos]
-                    pos += 1
-                    state = _trial(state, float(row[j]), j, eps, q, top_val, top_col, k)
-            else:  # every column in turn, under the common bound x_j < u
-                while True:
-                    q = _tail((top_val[k - 1] - u) / eps)
-                    state, gap = _geometric(state, q)
-                    if pos + gap >= cols:
-                        break
-                    j = pos + int(gap)
-                    pos = j + 1
-                    xj = float(row[j])
-                    if xj < u:  # else a candidate, drawn already
-                        state = _trial(state, xj, j, eps, q, top_val, top_col, k)
+            if sorted_:
+                state = _reveal_buckets(state, row, order, starts, others, u,
+                                        eps * _BUCKET_WIDTH, eps, top_val, top_col, k)
+            else:
+                state = _reveal_columns(state, row, u, eps, top_val, top_col, k)
         out_val[b] = top_val[k - 1]
         out_col[b] = top_col[k - 1]
 
@@ -437,10 +569,13 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     bucket = np.empty(cols, dtype=np.int32)
     starts = np.empty(_N_BUCKETS + 1, dtype=np.int64)
     tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
+    check = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
+    chosen = np.empty(cols // _CHUNK + 1, dtype=np.int64)
     for r in range(block * rows // n_blocks, (block + 1) * rows // n_blocks):
         state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
         _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r], out_col[r],
-             top_val, top_col, select, cand_col, cand_x, order, bucket, starts, tops)
+             top_val, top_col, select, cand_col, cand_x, order, bucket, starts, tops, check,
+             chosen)
 
 
 @njit(**_JIT)
