@@ -206,8 +206,8 @@ def test_chunk_maxima_of_strided_chunks(bad):
                                                  ("peaked", 10.0), ("flat", 1.0),
                                                  ("ties", 1e-6)])
 def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
-    """Every column >= u and none below, at least k + 1 of them, by decreasing score; fewer
-    on peaked scores with a small ε."""
+    """Every column >= u and none below, at least k + 1 of them, by decreasing score (when
+    few); fewer on peaked scores with a small ε."""
     gen = torch.Generator().manual_seed(6)
     x = adversarial(scores, 8, 1081, gen).numpy()
     k, m = 6, 14
@@ -221,7 +221,8 @@ def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
                                                      *scratch, chosen, select)
         assert finite and count >= k + 1
         assert sorted(cand_col[:count].tolist()) == np.flatnonzero(row >= u).tolist()
-        assert (np.diff(cand_x[:count]) <= 0).all()
+        if count <= perturbed_cpu._SORTED_CANDIDATES:
+            assert (np.diff(cand_x[:count]) <= 0).all()
         assert (cand_x[:count] == row[cand_col[:count]]).all()
         counts.append(count)
     if scores == "peaked" and epsilon == 0.1:  # 5 classes ahead: the gap rule applies

@@ -13,7 +13,7 @@ Algorithm, per row (rows in parallel, each with its own random stream):
    so that at least ``k + 1`` entries reach ``u``: the largest that lies ``4ε`` below the
    k-th largest maximum (peaked scores: few candidates), else the ``(M+1)``-th. The
    "candidates" are the columns with ``x_j >= u``, found by reading only the chunks whose
-   maximum reaches ``u``, and sorted by decreasing score; every other class has
+   maximum reaches ``u``, and sorted by decreasing score (when few); every other class has
    ``x_j < u``. Rows shorter than ``16 (M + 2)`` make every column a candidate. ``u``
    depends on the scores only.
 2. Per draw, the candidates' noise is drawn in full; ``T`` = the k-th largest perturbed
@@ -91,6 +91,8 @@ _CHUNK = 16
 #: non-candidate then exceeds the k-th perturbed candidate with probability of order
 #: ``Φ̄(_GAP)``): speed only.
 _GAP = 4.0
+#: Candidates are sorted by score (insertion sort) when there are at most this many.
+_SORTED_CANDIDATES = 48
 #: Buckets of the score order (step 3): width ``ε · _BUCKET_WIDTH`` below ``u``, the last
 #: one open-ended.
 _BUCKET_WIDTH = 0.125
@@ -310,7 +312,8 @@ def _chunk_tops(row, tops, check):
 @njit(**_JIT)
 def _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen, select):
     """Step 1: the candidates are the columns with ``x_j >= u``, at least ``k + 1`` of
-    them (``m + 1`` at most), listed in ``cand_col`` and ``cand_x`` by decreasing score.
+    them, listed in ``cand_col`` and ``cand_x`` (by decreasing score when there are at most
+    ``_SORTED_CANDIDATES``).
     Returns ``(count, u, finite)``; ``finite`` is False when the row holds a NaN or an
     infinity (then nothing else is meaningful).
 
@@ -371,6 +374,8 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen, select):
             count += v >= u
         if not finite:
             return 0, np.nan, False
+    if count > _SORTED_CANDIDATES:
+        return count, u, True
     for i in range(1, count):  # by decreasing score: the draws' order is then predictable
         v, j = cand_x[i], cand_col[i]
         h = i
