@@ -524,6 +524,7 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
         return
     others = cols - count
     sorted_ = False
+    width = eps * _BUCKET_WIDTH  # of the buckets ordering the non-candidates
     for b in range(n_samples):
         # 2. the candidates in full
         for i in range(k):
@@ -548,11 +549,11 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
         else:  # 3. the other classes, revealed lazily
             q = _tail_bound((top_val[k - 1] - u) / eps)[0]
             if not sorted_ and q * others > _SORT_FRACTION * cols + 8.0:
-                _bucket_order(row, u, eps * _BUCKET_WIDTH, order, bucket, starts)
+                _bucket_order(row, u, width, order, bucket, starts)
                 sorted_ = True
             if sorted_:
-                state = _reveal_buckets(state, row, order, starts, others, u,
-                                        eps * _BUCKET_WIDTH, eps, top_val, top_col, k)
+                state = _reveal_buckets(state, row, order, starts, others, u, width, eps,
+                                        top_val, top_col, k)
             else:
                 state = _reveal_columns(state, row, u, eps, top_val, top_col, k)
         out_val[b] = top_val[k - 1]
