@@ -72,7 +72,7 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from smoothtopk import perturbed_cpu
+from smoothtopk import hinge_cpu, perturbed_cpu
 
 __all__ = ["DEFAULT_EXTRA_CANDIDATES", "noised_hinge", "sample_perturbed_kth"]
 
@@ -331,6 +331,13 @@ def _sample_torch(
     return values.t(), indices.t()
 
 
+def _compiled_backward(grad: Tensor, indices: Tensor, target: Tensor) -> bool:
+    """Whether :class:`_NoisedHinge`'s backward runs :mod:`smoothtopk.hinge_cpu`: CPU,
+    float32/float64 gradient, int64 columns."""
+    return (grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64)
+            and indices.dtype == target.dtype == torch.int64)
+
+
 class _NoisedHinge(Function):
     """Per row ``scale · (margin + (1/B) Σ_b values[r, b] − s_y)_+`` whose backward writes
     one ``(N, C)`` gradient: ``scale · 1{hinge > 0} · ((1/B) Σ_b onehot(indices[r, b]) − δ_y)``
@@ -350,6 +357,14 @@ class _NoisedHinge(Function):
     @once_differentiable
     def backward(ctx, grad):
         target, indices, hinge = ctx.saved_tensors
+        if _compiled_backward(grad, indices, target):
+            grad_scores, masked = hinge_cpu.hinge_grad(
+                grad.contiguous().numpy(), hinge.numpy(), ctx.scale,
+                indices.contiguous().numpy(), target.contiguous().numpy(), ctx.shape[1],
+                torch.get_num_threads())
+            grad_scores = torch.from_numpy(grad_scores) if ctx.needs_input_grad[0] else None
+            grad_margin = torch.from_numpy(masked) if ctx.needs_input_grad[2] else None
+            return grad_scores, None, grad_margin, None, None, None
         if ctx.scale is not None:
             grad = grad * ctx.scale
         grad = grad * (hinge > 0)
