@@ -229,6 +229,36 @@ def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
         assert max(counts) <= 2 * (k + 2)
 
 
+@pytest.mark.parametrize("kind", ["normal", "peaked", "ties", "flat", "two_levels"])
+@pytest.mark.parametrize("epsilon", [1e-3, 0.1, 1.0, 50.0])
+def test_threshold_of_the_chunk_maxima(kind, epsilon):
+    """u: at least k + 1 maxima reach it (so k + 1 columns) and at most m + 1 unless ties at
+    the (k+1)-th largest force more; when at most m + 1 maxima reach the gap rule's value
+    (the largest maximum ≤ k-th − 4ε), u is that value."""
+    rng = np.random.default_rng(11)
+    k, m = 6, 14
+    for _ in range(50):
+        n = int(rng.integers(m + 2, 200))
+        tops = rng.standard_normal(n).astype(np.float32)
+        if kind == "peaked":
+            tops[rng.choice(n, 5, replace=False)] += 8.0
+        elif kind == "ties":
+            tops = np.round(tops * 2).astype(np.float32) / 2
+        elif kind == "flat":
+            tops[:] = 1.5
+        elif kind == "two_levels":
+            tops = np.where(rng.random(n) < 0.5, 0.0, 1.0).astype(np.float32)
+        u = perturbed_cpu._threshold(tops, k, m, epsilon, np.empty(m + 1))
+        ranked = np.sort(tops.astype(np.float64))[::-1]
+        reach = int((tops >= u).sum())
+        assert reach >= k + 1 and u <= ranked[k]
+        assert reach <= m + 1 or (tops >= ranked[k]).sum() > m + 1
+        below = ranked[ranked <= ranked[k - 1] - perturbed_cpu._GAP * epsilon]
+        gap_u = below[0] if below.size else -math.inf
+        if (tops >= gap_u).sum() <= m + 1:
+            assert u == gap_u
+
+
 def test_tail_table_brackets_the_tail():
     """The table's bound q >= Φ̄(a) with log(1 − q), and its squeeze of w <= Φ̄(a) gives
     the exact answer, on and between grid points, at cell edges and beyond the table."""

@@ -9,9 +9,9 @@ Algorithm, per row (rows in parallel, each with its own random stream):
 
 1. *One pass over the row* (vectorised): the maxima of ``n = ⌊C/16⌋`` chunks of 16
    entries (chunk ``c`` holds the columns ``c + t·n``, strided so that the pass vectorises
-   over ``c``); ``u`` = one of the ``M + 1`` largest of them (``M`` a little above ``k``),
-   so that at least ``k + 1`` entries reach ``u``: the largest that lies ``4ε`` below the
-   k-th largest maximum (peaked scores: few candidates), else the ``(M+1)``-th. The
+   over ``c``); ``u`` = a value that at least ``k + 1`` and at most ``M + 1`` of them
+   reach (``M`` a little above ``k``): the largest maximum that lies ``4ε`` below the
+   k-th largest (peaked scores: few candidates), else the lowest such value. The
    "candidates" are the columns with ``x_j >= u``, found by reading only the chunks whose
    maximum reaches ``u``, and sorted by decreasing score (when few); every other class has
    ``x_j < u``. Rows shorter than ``16 (M + 2)`` make every column a candidate. ``u``
@@ -69,11 +69,12 @@ Computing, 1995), and plain rejection for ``a <= 0``.
 from __future__ import annotations
 
 import math
-import os
 
 import numba
 import numpy as np
 from numba import njit, prange
+
+from smoothtopk._numba import JIT as _JIT
 
 __all__ = ["kth_draws"]
 
@@ -91,6 +92,8 @@ _CHUNK = 16
 #: non-candidate then exceeds the k-th perturbed candidate with probability of order
 #: ``Φ̄(_GAP)``): speed only.
 _GAP = 4.0
+#: Bisection steps of the threshold when many chunk maxima are close (speed only).
+_BISECTIONS = 6
 #: Candidates are sorted by score (insertion sort) when there are at most this many.
 _SORTED_CANDIDATES = 48
 #: Buckets of the score order (step 3): width ``ε · _BUCKET_WIDTH`` below ``u``, the last
@@ -101,13 +104,6 @@ _N_BUCKETS = 64
 #: of the row (a proposal costs some 50 ns, the counting sort some 3 ns a class).
 _SORT_FRACTION = 1.0 / 32.0
 
-_JIT = {"cache": True, "error_model": "numpy"}
-
-# numba's OpenMP threading layer would share torch's OpenMP runtime and reset its thread
-# count; its own work queue touches nothing of torch's (set NUMBA_THREADING_LAYER to
-# choose another).
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 # Re-association only (no assumption about NaN or infinities): lets the chunk maxima of
 # the candidate search vectorise.
 _REASSOC = {"reassoc", "nsz", "contract"}
@@ -309,6 +305,80 @@ def _chunk_tops(row, tops, check):
         tops[c] += check[c]
 
 
+@njit(fastmath=_REASSOC, **_JIT)
+def _all_numbers(tops):
+    """Whether no entry is NaN (vectorised)."""
+    bad = 0
+    for c in range(tops.shape[0]):
+        bad += tops[c] != tops[c]
+    return bad == 0
+
+
+@njit(fastmath=_REASSOC, **_JIT)
+def _count_from(tops, u):
+    """How many entries are ``>= u`` (vectorised)."""
+    count = 0
+    for c in range(tops.shape[0]):
+        count += tops[c] >= u
+    return count
+
+
+@njit(fastmath=_REASSOC, **_JIT)
+def _largest_below(tops, cap):
+    """The largest entry ``<= cap`` (−∞ when none; vectorised)."""
+    best = -np.inf
+    for c in range(tops.shape[0]):
+        v = float(tops[c])
+        best = max(best, v if v <= cap else -np.inf)
+    return best
+
+
+@njit(fastmath=_REASSOC, **_JIT)
+def _smallest(tops):
+    """The smallest entry (vectorised)."""
+    least = np.inf
+    for c in range(tops.shape[0]):
+        least = min(least, float(tops[c]))
+    return least
+
+
+@njit(**_JIT)
+def _threshold(tops, k, m, eps, select):
+    """``u`` from the chunk maxima ``tops`` (more than ``m + 1``, no NaN): at least
+    ``k + 1`` of them reach it, and at most ``m + 1`` unless ties force more.
+
+    The largest maximum ``_GAP·ε`` below the k-th largest, when at most ``m + 1`` maxima
+    reach it; else the lowest value found by bisection between it
+    and the (k+1)-th largest that at most ``m + 1`` maxima reach. Only the ``k + 1``
+    largest are selected one by one (``select``: scratch of ``k + 1``); the rest are
+    vectorised passes."""
+    for i in range(k + 1):
+        select[i] = -np.inf
+    for c in range(tops.shape[0]):  # the k+1 largest, descending
+        v = float(tops[c])
+        if v > select[k]:
+            i = k
+            while i > 0 and select[i - 1] < v:
+                select[i] = select[i - 1]
+                i -= 1
+            select[i] = v
+    u = _largest_below(tops, select[k - 1] - _GAP * eps)  # at most the (k+1)-th
+    if _count_from(tops, u) <= m + 1:
+        return u
+    lo, hi = u, select[k]
+    if _count_from(tops, hi) > m + 1:  # ties at the (k+1)-th
+        return hi
+    if lo == -np.inf:
+        lo = _smallest(tops)  # all reach it
+    for _ in range(_BISECTIONS):
+        mid = 0.5 * (lo + hi)
+        if _count_from(tops, mid) <= m + 1:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 @njit(**_JIT)
 def _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen, select):
     """Step 1: the candidates are the columns with ``x_j >= u``, at least ``k + 1`` of
@@ -317,12 +387,12 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen, select):
     Returns ``(count, u, finite)``; ``finite`` is False when the row holds a NaN or an
     infinity (then nothing else is meaningful).
 
-    ``u`` is one of the ``m + 1`` largest chunk maxima (chunks of 16 strided columns,
-    :func:`_chunk_tops`): at least as many entries reach it, and only the chunks whose
-    maximum reaches it are read entry by entry. It is the largest of them at least
-    ``_GAP·ε`` below the k-th largest maximum (then an exceedance over the candidates is
-    rare), else the (m+1)-th. Rows of fewer than ``16 (m + 2)`` entries make every column
-    a candidate (``u = −∞``). ``u`` depends on the scores only."""
+    ``u`` comes from the chunk maxima (chunks of 16 strided columns, :func:`_chunk_tops`;
+    :func:`_threshold`): at least ``k + 1`` of them reach it, so at least as many entries,
+    and only the chunks whose maximum reaches it are read entry by entry. It lies
+    ``_GAP·ε`` below the k-th largest maximum when few maxima reach that (then an
+    exceedance over the candidates is rare). Rows of fewer than ``16 (m + 2)`` entries
+    make every column a candidate (``u = −∞``). ``u`` depends on the scores only."""
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
     if n_chunks <= m + 1:
@@ -338,22 +408,9 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen, select):
     else:
         tops = tops[:n_chunks]
         _chunk_tops(row, tops, check[:n_chunks])
-        for i in range(m + 1):
-            select[i] = -np.inf
-        for c in range(n_chunks):  # the m+1 largest chunk maxima, descending
-            v = float(tops[c])
-            if v != v:  # a NaN or an infinity in the chunk
-                return 0, np.nan, False
-            if v > select[m]:
-                i = m
-                while i > 0 and select[i - 1] < v:
-                    select[i] = select[i - 1]
-                    i -= 1
-                select[i] = v
-        last = k
-        while last < m and select[k - 1] - select[last] < _GAP * eps:
-            last += 1
-        u = select[last]
+        if not _all_numbers(tops):  # a NaN or an infinity in the row
+            return 0, np.nan, False
+        u = _threshold(tops, k, m, eps, select)
         reached = 0  # the chunks whose maximum reaches u, listed without branches
         for c in range(n_chunks):
             chosen[reached] = c
@@ -514,7 +571,8 @@ def _reveal_columns(state, row, u, eps, top_val, top_col, k):
 
 @njit(**_JIT)
 def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
-         top_col, select, cand_col, cand_x, order, bucket, starts, tops, check, chosen):
+         top_col, select, cand_col, cand_x, cand_v, order, bucket, starts, tops, check,
+         chosen):
     cols = row.shape[0]
     count, u, finite = _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen,
                                    select)
@@ -526,17 +584,17 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
     sorted_ = False
     width = eps * _BUCKET_WIDTH  # of the buckets ordering the non-candidates
     for b in range(n_samples):
-        # 2. the candidates in full
-        for i in range(k):
-            top_val[i] = -np.inf
-            top_col[i] = cols
+        # 2. the candidates in full (count >= k): the first k fill the buffer
         for i in range(count):
-            j = cand_col[i]
             if given:
-                v = float(perturbed[b, r, j])
+                cand_v[i] = float(perturbed[b, r, cand_col[i]])
             else:
                 state, z = _normal(state)
-                v = cand_x[i] + eps * z
+                cand_v[i] = cand_x[i] + eps * z
+        for i in range(k):
+            _insert(top_val, top_col, i + 1, cand_v[i], cand_col[i])
+        for i in range(k, count):
+            v, j = cand_v[i], cand_col[i]
             if _beats(v, j, top_val[k - 1], top_col[k - 1]):
                 _insert(top_val, top_col, k, v, j)
         if others == 0:
@@ -571,6 +629,7 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     select = np.empty(m + 1, dtype=np.float64)
     cand_col = np.empty(cols, dtype=np.int64)
     cand_x = np.empty(cols, dtype=np.float64)
+    cand_v = np.empty(cols, dtype=np.float64)
     order = np.empty(cols, dtype=np.int64)
     bucket = np.empty(cols, dtype=np.int32)
     starts = np.empty(_N_BUCKETS + 1, dtype=np.int64)
@@ -580,8 +639,8 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     for r in range(block * rows // n_blocks, (block + 1) * rows // n_blocks):
         state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
         _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r], out_col[r],
-             top_val, top_col, select, cand_col, cand_x, order, bucket, starts, tops, check,
-             chosen)
+             top_val, top_col, select, cand_col, cand_x, cand_v, order, bucket, starts, tops,
+             check, chosen)
 
 
 @njit(**_JIT)
