@@ -70,6 +70,8 @@ def _rows(x: Tensor, dim: object) -> tuple[Tensor, int, torch.Size]:
     """View ``x`` as ``(rows, size along dim)``; return it, the normalised dim, and the
     output shape (``x.shape`` without ``dim``)."""
     dim = check_int("dim", dim, -x.dim(), x.dim() - 1) % x.dim()
+    if dim == x.dim() - 1:  # already last (the losses' case): no movedim
+        return (x if x.dim() == 2 else x.reshape(-1, x.shape[dim])), dim, x.shape[:-1]
     moved = x.movedim(dim, -1)
     return moved.reshape(-1, x.shape[dim]), dim, moved.shape[:-1]
 
