@@ -183,8 +183,8 @@ def _normal_above(state, a):
         state, u1 = _uniform(state)
         state, u2 = _uniform(state)
         z = a - math.log(u1) / lam
-        d = z - lam
-        if math.log(u2) <= -0.5 * d * d:
+        bound = -0.5 * (z - lam) ** 2
+        if u2 - 1.0 <= bound or math.log(u2) <= bound:  # log u <= u − 1: most skip the log
             return state, z
 
 
