@@ -342,7 +342,7 @@ def _smallest(tops):
     return least
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _threshold(tops, k, m, eps, select):
     """``u`` from the chunk maxima ``tops`` (more than ``m + 1``, no NaN): at least
     ``k + 1`` of them reach it, and at most ``m + 1`` unless ties force more.
@@ -379,7 +379,7 @@ def _threshold(tops, k, m, eps, select):
     return hi
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen, select):
     """Step 1: the candidates are the columns with ``x_j >= u``, at least ``k + 1`` of
     them, listed in ``cand_col`` and ``cand_x`` (by decreasing score when there are at most
@@ -548,28 +548,25 @@ def _reveal_buckets(state, row, order, starts, others, u, width, eps, top_val, t
 
 
 @njit(**_JIT)
-def _reveal_columns(state, row, u, eps, top_val, top_col, k):
+def _reveal_columns(state, row, u, eps, top_val, top_col, k, q, log_fail, gap):
     """Step 3 over every column in turn under the common bound ``x_j < u`` (a proposal
-    that falls on a candidate is discarded: its noise is drawn already)."""
+    that falls on a candidate is discarded: its noise is drawn already), from the first
+    gap (drawn by the caller under the bound ``q``, ``log(1 − q)``)."""
     cols = row.shape[0]
     pos = 0
-    stale = True
-    q = log_fail = 0.0
-    while True:
-        if stale:
-            q, log_fail = _tail_bound((top_val[k - 1] - u) / eps)
-            stale = False
-        state, gap = _geometric(state, q, log_fail, cols - pos)
-        if pos + gap >= cols:
-            return state
+    while pos + gap < cols:
         j = pos + int(gap)
         pos = j + 1
         xj = float(row[j])
         if xj < u:
             state, stale = _trial(state, xj, j, eps, q, top_val, top_col, k)
+            if stale:
+                q, log_fail = _tail_bound((top_val[k - 1] - u) / eps)
+        state, gap = _geometric(state, q, log_fail, cols - pos)
+    return state
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
          top_col, select, cand_col, cand_x, cand_v, order, bucket, starts, tops, check,
          chosen):
@@ -605,15 +602,18 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
                 if float(row[j]) < u and _beats(v, j, top_val[k - 1], top_col[k - 1]):
                     _insert(top_val, top_col, k, v, j)
         else:  # 3. the other classes, revealed lazily
-            q = _tail_bound((top_val[k - 1] - u) / eps)[0]
+            q, log_fail = _tail_bound((top_val[k - 1] - u) / eps)
             if not sorted_ and q * others > _SORT_FRACTION * cols + 8.0:
                 _bucket_order(row, u, width, order, bucket, starts)
                 sorted_ = True
             if sorted_:
                 state = _reveal_buckets(state, row, order, starts, others, u, width, eps,
                                         top_val, top_col, k)
-            else:
-                state = _reveal_columns(state, row, u, eps, top_val, top_col, k)
+            else:  # usually no proposal at all: the first gap passes the end of the row
+                state, gap = _geometric(state, q, log_fail, cols)
+                if gap < cols:
+                    state = _reveal_columns(state, row, u, eps, top_val, top_col, k, q,
+                                            log_fail, gap)
         out_val[b] = top_val[k - 1]
         out_col[b] = top_col[k - 1]
 
