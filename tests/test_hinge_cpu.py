@@ -1,9 +1,10 @@
-"""Tests of :mod:`smoothtopk.hinge_cpu`: the compiled backward of the fused noised hinge
-must equal, bit for bit, the same formula written with torch operations (zero-fill, two
-scatters), which is what ``_NoisedHinge`` ran before and runs off the CPU."""
+"""Tests of :mod:`smoothtopk.hinge_cpu`: the compiled forward and backward of the fused
+noised hinge must equal, bit for bit, the same formulas written with torch operations
+(what ``_NoisedHinge`` runs off the CPU), the draws being added left to right."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +21,50 @@ def _torch_formula(grad, hinge, scale, indices, target, num_classes):
     out = grad.new_zeros((grad.shape[0], num_classes)).scatter_add_(1, indices, share)
     out.scatter_add_(1, target.unsqueeze(1), -grad.unsqueeze(1))
     return out, grad
+
+
+def _left_to_right(values, weight):
+    """``weight · Σ_m values[:, m]`` with torch additions in column order."""
+    total = values[:, 0].clone()
+    for m in range(1, values.shape[1]):
+        total = total + values[:, m]
+    return total * weight
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weighted_row_sums_left_to_right(dtype):
+    gen = torch.Generator().manual_seed(1)
+    for width in (1, 2, 5, 9, 33):
+        values = torch.randn(50, width, generator=gen, dtype=dtype) * 10.0 ** torch.randint(
+            -4, 5, (50, width), generator=gen).to(dtype)
+        got = torch.from_numpy(hinge_cpu.weighted_row_sums(values.numpy(), 1.0 / width))
+        assert got.dtype == dtype
+        assert torch.equal(got, _left_to_right(values, 1.0 / width))
+        assert torch.allclose(got, values.double().mean(1).to(dtype), rtol=1e-4, atol=1e-3)
+    assert hinge_cpu.weighted_row_sums(np.empty((3, 0), np.float32), 1.0).tolist() == [0.0] * 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [None, 60.0, 0.3])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_forward_equals_torch_formula_bitwise(dtype, scale, per_row):
+    gen = torch.Generator().manual_seed(2)
+    n, c, b = 60, 20, 5
+    scores = torch.randn(n, c, generator=gen, dtype=dtype)
+    target = torch.randint(0, c, (n,), generator=gen)
+    values = torch.randn(n, b, generator=gen, dtype=dtype)
+    values[0, 2] = float("nan")  # NaN stays NaN through relu
+    margin = torch.rand(n, generator=gen, dtype=dtype) if per_row else 0.3
+    hinge, loss = hinge_cpu.hinge_forward(scores.numpy(), target.numpy(),
+                                          margin.numpy() if per_row else margin,
+                                          values.numpy(), scale)
+    label = scores.gather(1, target.unsqueeze(1)).squeeze(1)
+    ref = torch.relu(margin + _left_to_right(values, 1.0 / b) - label)
+    assert bool((ref == 0).any()) and bool((ref > 0).any())
+    assert torch.equal(torch.from_numpy(hinge).nan_to_num(), ref.nan_to_num())
+    assert bool(torch.from_numpy(hinge)[0].isnan())
+    ref_loss = ref if scale is None else scale * ref
+    assert torch.equal(torch.from_numpy(loss).nan_to_num(), ref_loss.nan_to_num())
 
 
 def _inputs(n, c, b, dtype, seed=0):

@@ -388,24 +388,25 @@ def test_torch_sampler_switches_to_full_draws_only_when_most_classes_compete(
 
 @pytest.mark.parametrize("epsilon", [0.0, 0.5])
 @pytest.mark.parametrize("imbalanced", [False, True])
-def test_fused_hinge_equals_composed_autograd(epsilon, imbalanced):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_hinge_equals_composed_autograd(epsilon, imbalanced, dtype):
     """noised_hinge (one gradient buffer) == smooth_kth_largest + gather + relu, bitwise."""
     gen = torch.Generator().manual_seed(8)
-    n, c, b = 40, 30, 4
-    scores = torch.randn(n, c, generator=gen, dtype=torch.float64)
+    n, c, b = 40, 30, 5
+    scores = torch.randn(n, c, generator=gen, dtype=dtype)
     target = torch.randint(0, c, (n,), generator=gen)
     target[:5] = scores[:5].topk(4, dim=1).indices[:, -1]  # label = the (K+1)-th largest
-    noise = torch.randn(b, n, c, generator=gen, dtype=torch.float64)
-    margins = torch.rand(c, generator=gen, dtype=torch.float64).requires_grad_()
+    noise = torch.randn(b, n, c, generator=gen, dtype=dtype)
+    margins = torch.rand(c, generator=gen, dtype=dtype).requires_grad_()
     scale = 60.0 if imbalanced else None
 
     x1 = scores.clone().requires_grad_()
-    margin1 = margins[target] if imbalanced else 1.0
+    margin1 = margins[target] if imbalanced else 0.3
     top = smooth_kth_largest(x1, 4, epsilon, b, dim=1, noise=noise)
     label = x1.gather(1, target.unsqueeze(1)).squeeze(1)
     composed = torch.relu(margin1 + top - label)
     composed = composed if scale is None else scale * composed
-    weights = torch.rand(n, generator=gen, dtype=torch.float64)
+    weights = torch.rand(n, generator=gen, dtype=dtype)
     (composed * weights).sum().backward()
 
     x2 = scores.clone().requires_grad_()
@@ -414,7 +415,7 @@ def test_fused_hinge_equals_composed_autograd(epsilon, imbalanced):
     values, indices = (perturbed.sample_perturbed_kth(x2d, 4, epsilon, b, noise=noise)
                        if epsilon > 0 else
                        (x2d.topk(4, dim=1).values[:, -1:], x2d.topk(4, dim=1).indices[:, -1:]))
-    fused = perturbed.noised_hinge(x2, target, margins2[target] if imbalanced else 1.0,
+    fused = perturbed.noised_hinge(x2, target, margins2[target] if imbalanced else 0.3,
                                    values, indices, scale)
     (fused * weights).sum().backward()
 

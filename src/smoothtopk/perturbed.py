@@ -331,6 +331,15 @@ def _sample_torch(
     return values.t(), indices.t()
 
 
+def _compiled_forward(scores: Tensor, margin: float | Tensor, values: Tensor) -> bool:
+    """Whether :class:`_NoisedHinge`'s forward runs :mod:`smoothtopk.hinge_cpu`: CPU,
+    float32/float64 scores, draws and per-row margins of that dtype."""
+    return (scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64)
+            and values.dtype == scores.dtype and values.device.type == "cpu"
+            and (not isinstance(margin, Tensor)
+                 or (margin.dtype == scores.dtype and margin.device.type == "cpu")))
+
+
 def _compiled_backward(grad: Tensor, indices: Tensor, target: Tensor) -> bool:
     """Whether :class:`_NoisedHinge`'s backward runs :mod:`smoothtopk.hinge_cpu`: CPU,
     float32/float64 gradient, int64 columns."""
@@ -346,11 +355,19 @@ class _NoisedHinge(Function):
 
     @staticmethod
     def forward(ctx, scores, target, margin, values, indices, scale):
+        ctx.scale, ctx.shape = scale, scores.shape
+        if _compiled_forward(scores, margin, values):
+            hinge, loss = hinge_cpu.hinge_forward(
+                scores.detach().numpy(), target.numpy(),
+                margin.detach().numpy() if isinstance(margin, Tensor) else margin,
+                values.numpy(), scale)
+            hinge = torch.from_numpy(hinge)
+            ctx.save_for_backward(target, indices, hinge)
+            return hinge if scale is None else torch.from_numpy(loss)
         top = values.sum(dim=-1) * (1.0 / values.shape[-1])
         label = scores.gather(1, target.unsqueeze(1)).squeeze(1)
         hinge = torch.relu(margin + top - label)
         ctx.save_for_backward(target, indices, hinge)
-        ctx.scale, ctx.shape = scale, scores.shape
         return hinge if scale is None else scale * hinge
 
     @staticmethod
