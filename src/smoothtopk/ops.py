@@ -40,7 +40,9 @@ __all__ = [
 class _SelectedSum(Function):
     """``out[r] = weight · Σ_m values[r, m]`` where ``values[r, m]`` was read at column
     ``indices[r, m]`` of ``x`` (possibly after perturbation); the backward pass scatters
-    ``weight · grad[r]`` to those columns. Only ``indices`` is saved."""
+    ``weight · grad[r]`` to those columns. Only ``indices`` is saved. On CPU the sum runs
+    left to right (:func:`smoothtopk.hinge_cpu.weighted_row_sums`), as in the fused noised
+    hinge."""
 
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, indices: Tensor, weight: float) -> Tensor:

@@ -54,7 +54,8 @@ running top-k in registers.
 
 :func:`noised_hinge` fuses the noised top-K hinges of :mod:`smoothtopk.functional` with
 these draws into one autograd node, so that their backward writes a single ``(N, C)``
-gradient, as ``F.cross_entropy`` does.
+gradient, as ``F.cross_entropy`` does; on CPU tensors its forward and backward are compiled
+passes (:mod:`smoothtopk.hinge_cpu`).
 
 Reference: the estimator is that of Berthet et al. (NeurIPS 2020) as used by Garcin et al.
 (ICML 2022); the sampling schemes (candidates, exceedances as Bernoulli trials under a
