@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from smoothtopk import hinge_cpu
 from smoothtopk._checks import check_generator, check_int, check_k, check_real
-from smoothtopk.perturbed import sample_perturbed_kth
+from smoothtopk.perturbed import compiled_on_cpu, sample_perturbed_kth
 
 __all__ = [
     "SmoothKthLargest",
@@ -49,7 +49,7 @@ class _SelectedSum(Function):
         ctx.save_for_backward(indices)
         ctx.weight = weight
         ctx.shape = x.shape
-        if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        if compiled_on_cpu(values):
             # left to right, as the fused noised hinge adds its draws (bitwise equal)
             return torch.from_numpy(hinge_cpu.weighted_row_sums(values.detach().numpy(),
                                                                 weight))

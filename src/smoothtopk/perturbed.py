@@ -332,20 +332,24 @@ def _sample_torch(
     return values.t(), indices.t()
 
 
+def compiled_on_cpu(t: Tensor) -> bool:
+    """Whether the compiled CPU passes (:mod:`smoothtopk.hinge_cpu`) take ``t``: a CPU
+    float32 or float64 tensor."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+
+
 def _compiled_forward(scores: Tensor, margin: float | Tensor, values: Tensor) -> bool:
-    """Whether :class:`_NoisedHinge`'s forward runs :mod:`smoothtopk.hinge_cpu`: CPU,
-    float32/float64 scores, draws and per-row margins of that dtype."""
-    return (scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64)
-            and values.dtype == scores.dtype and values.device.type == "cpu"
+    """Whether :class:`_NoisedHinge`'s forward runs :mod:`smoothtopk.hinge_cpu`: scores
+    it takes, draws and per-row margins of the same dtype on the CPU."""
+    return (compiled_on_cpu(scores) and compiled_on_cpu(values) and values.dtype == scores.dtype
             and (not isinstance(margin, Tensor)
-                 or (margin.dtype == scores.dtype and margin.device.type == "cpu")))
+                 or (compiled_on_cpu(margin) and margin.dtype == scores.dtype)))
 
 
 def _compiled_backward(grad: Tensor, indices: Tensor, target: Tensor) -> bool:
-    """Whether :class:`_NoisedHinge`'s backward runs :mod:`smoothtopk.hinge_cpu`: CPU,
-    float32/float64 gradient, int64 columns."""
-    return (grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64)
-            and indices.dtype == target.dtype == torch.int64)
+    """Whether :class:`_NoisedHinge`'s backward runs :mod:`smoothtopk.hinge_cpu`: a
+    gradient it takes, int64 columns."""
+    return compiled_on_cpu(grad) and indices.dtype == target.dtype == torch.int64
 
 
 class _NoisedHinge(Function):
