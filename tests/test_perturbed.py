@@ -216,7 +216,7 @@ def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
         cols = row.shape[0]
         cand_col, cand_x = np.empty(cols, np.int64), np.empty(cols)
         scratch = [np.empty(cols // 16 + 1, np.float32) for _ in range(2)]
-        chosen, select = np.empty(cols // 16 + 1, np.int64), np.empty(m + 1)
+        chosen, select = np.empty(cols // 16 + 1, np.int64), np.empty(k + 1)
         count, u, finite = perturbed_cpu._candidates(row, k, m, epsilon, cand_col, cand_x,
                                                      *scratch, chosen, select)
         assert finite and count >= k + 1
@@ -248,7 +248,7 @@ def test_threshold_of_the_chunk_maxima(kind, epsilon):
             tops[:] = 1.5
         elif kind == "two_levels":
             tops = np.where(rng.random(n) < 0.5, 0.0, 1.0).astype(np.float32)
-        u = perturbed_cpu._threshold(tops, k, m, epsilon, np.empty(m + 1))
+        u = perturbed_cpu._threshold(tops, k, m, epsilon, np.empty(k + 1))
         ranked = np.sort(tops.astype(np.float64))[::-1]
         reach = int((tops >= u).sum())
         assert reach >= k + 1 and u <= ranked[k]

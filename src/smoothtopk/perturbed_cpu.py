@@ -271,7 +271,8 @@ def _beats(v, j, value, col):
 
 @njit(inline="always", **_JIT)
 def _insert(top_val, top_col, k, v, j):
-    """Insert ``(v, j)`` into the buffer of the k best, descending (it beats the k-th)."""
+    """Insert ``(v, j)`` into the buffer of the k best, descending: it beats the k-th,
+    which drops out (or the buffer holds only ``k − 1`` entries yet)."""
     i = k - 1
     while i > 0 and _beats(v, j, top_val[i - 1], top_col[i - 1]):
         top_val[i] = top_val[i - 1]
@@ -348,10 +349,9 @@ def _threshold(tops, k, m, eps, select):
     ``k + 1`` of them reach it, and at most ``m + 1`` unless ties force more.
 
     The largest maximum ``_GAP·ε`` below the k-th largest, when at most ``m + 1`` maxima
-    reach it; else the lowest value found by bisection between it
-    and the (k+1)-th largest that at most ``m + 1`` maxima reach. Only the ``k + 1``
-    largest are selected one by one (``select``: scratch of ``k + 1``); the rest are
-    vectorised passes."""
+    reach it; else the lowest value that at most ``m + 1`` maxima reach, found by bisection
+    between it and the (k+1)-th largest. Only the ``k + 1`` largest are selected one by one
+    (``select``: scratch of ``k + 1``); the rest are vectorised passes."""
     for i in range(k + 1):
         select[i] = -np.inf
     for c in range(tops.shape[0]):  # the k+1 largest, descending
@@ -626,7 +626,7 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     rows, cols = x.shape
     top_val = np.empty(k, dtype=np.float64)
     top_col = np.empty(k, dtype=np.int64)
-    select = np.empty(m + 1, dtype=np.float64)
+    select = np.empty(k + 1, dtype=np.float64)
     cand_col = np.empty(cols, dtype=np.int64)
     cand_x = np.empty(cols, dtype=np.float64)
     cand_v = np.empty(cols, dtype=np.float64)
