@@ -2,10 +2,12 @@
 
 One process, every contender timed in the same run on the same inputs (design.md §4):
 scores ``(N, C)`` drawn from N(0, 1), N = 256, C in {100, 1081, 10000}, K = 5, B = 5,
-ε = 1; the median over ``--repeats`` measurements after warm-up, contenders interleaved
-round-robin so that load changes on a shared machine hit them alike. The table gives
-each contender's median time divided by that of ``F.cross_entropy`` (absolute times are
-noise on shared machines; the ratios are the figure).
+ε = 1. Paired measurements: in each of ``--repeats`` rounds, every contender is timed
+right next to ``F.cross_entropy`` (which goes first in every other round), and the pair
+gives one ratio; the table gives the median of each contender's ratios, and the median
+time of ``F.cross_entropy``. Pairs cancel the load changes of a shared machine that are
+slower than a pair (a few hundredths of a second), which medians of separately timed
+contenders do not: on our 2-core VM the baseline's own time swung by 2x within a run.
 
 ``--regime peaked`` adds 8 to the label's score and to 4 other scores of each row and
 uses ε = 0.1: a trained network's peaked scores, where only a few classes compete.
@@ -156,7 +158,7 @@ def _noised_torch_sampler(setting: Setting) -> LossFn | None:
     def loss(scores: Tensor, target: Tensor) -> Tensor:
         values, indices = _sample_torch(scores.detach(), setting.k + 1, setting.epsilon,
                                         setting.n_samples)
-        return _NoisedHinge.apply(scores, target, 1.0, values, indices, None).mean()
+        return _NoisedHinge.apply(scores, target, 1.0, values, indices, None, "mean", False)
 
     return loss
 
@@ -199,23 +201,40 @@ def _run(fn: LossFn, scores: Tensor, target: Tensor, number: int) -> float:
 
 
 def time_contenders(fns: dict[str, LossFn], scores: Tensor, target: Tensor, repeats: int,
-                    min_time: float = 0.02) -> dict[str, float]:
-    """Median seconds per call of each contender, measured round-robin; each measurement
-    averages enough calls to last about ``min_time`` seconds."""
+                    min_time: float = 0.02) -> dict[str, tuple[float, float]]:
+    """Per contender: the median over ``repeats`` rounds of its time divided by that of
+    the baseline measured next to it, and its median seconds per call. Each measurement
+    averages enough calls to last about ``min_time`` seconds; the baseline goes first in
+    even rounds and second in odd ones."""
     x = scores.detach().clone().requires_grad_()
     numbers = {}
     for name, fn in fns.items():
         _run(fn, x, target, 2)  # warm-up
-        once = _run(fn, x, target, 1)
+        once = min(_run(fn, x, target, 1) for _ in range(3))
         numbers[name] = max(1, int(min_time / max(once, 1e-7)))
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    base = fns[BASELINE]
+    ratios: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats):
         for name, fn in fns.items():
-            samples[name].append(_run(fn, x, target, numbers[name]))
-    return {name: statistics.median(times) for name, times in samples.items()}
+            if name == BASELINE:
+                continue
+            first = round_ % 2 == 0
+            if first:
+                base_time = _run(base, x, target, numbers[BASELINE])
+            time_ = _run(fn, x, target, numbers[name])
+            if not first:
+                base_time = _run(base, x, target, numbers[BASELINE])
+            ratios[name].append(time_ / base_time)
+            times[name].append(time_)
+            times[BASELINE].append(base_time)
+    ratios[BASELINE] = [1.0]
+    return {name: (statistics.median(ratios[name]), statistics.median(times[name]))
+            for name in fns}
 
 
-def format_table(results: dict[int, dict[str, float]]) -> str:
+def format_table(results: dict[int, dict[str, tuple[float, float]]]) -> str:
+    """Markdown table of ``results[C][name] = (ratio, seconds)``."""
     sizes = sorted(results)
     names = list(next(iter(results.values())))
     head = "| loss | " + " | ".join(f"C = {c}" for c in sizes) + " |"
@@ -224,9 +243,9 @@ def format_table(results: dict[int, dict[str, float]]) -> str:
     for name in names:
         cells = []
         for c in sizes:
-            ratio = results[c][name] / results[c][BASELINE]
+            ratio, seconds = results[c][name]
             cells.append(f"{ratio:.1f}x" if name != BASELINE
-                         else f"1x ({1e3 * results[c][name]:.3g} ms)")
+                         else f"1x ({1e3 * seconds:.3g} ms)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -239,7 +258,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--n-samples", type=int, default=5, help="noise draws B")
     parser.add_argument("--repeats", type=int, default=15,
-                        help="timed measurements per contender (median reported)")
+                        help="rounds of paired measurements (median ratio reported)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
@@ -255,7 +274,7 @@ def main(argv: list[str] | None = None) -> str:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     epsilon = 1.0 if args.regime == "normal" else 0.1
-    results: dict[int, dict[str, float]] = {}
+    results: dict[int, dict[str, tuple[float, float]]] = {}
     for c in args.sizes:
         setting = Setting(c, args.k, args.n_samples, epsilon, long_tailed_counts(c), device)
         fns: dict[str, LossFn] = {}
@@ -272,7 +291,7 @@ def main(argv: list[str] | None = None) -> str:
     header = (
         f"Forward + backward time / F.cross_entropy; N = {args.batch}, K = {args.k}, "
         f"B = {args.n_samples}, eps = {epsilon}, regime = {args.regime}, "
-        f"median of {args.repeats}; torch {torch.__version__}, device {device}, "
+        f"median of {args.repeats} paired ratios; torch {torch.__version__}, device {device}, "
         f"{torch.get_num_threads()} threads, {platform.machine()}."
     )
     return emit(header + "\n\n" + format_table(results) + "\n", args.out)

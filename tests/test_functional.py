@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from smoothtopk import functional as STF
+from smoothtopk import perturbed
 
 N_SE = 4.0
 CLASS_SIZES = (2, 3, 7, 50)
@@ -419,6 +420,27 @@ def test_rejects_target_shape():
 def test_rejects_target_out_of_range(bad):
     with pytest.raises(ValueError, match=r"target values must be in \[0, 6\)"):
         STF.topk_cvx_hinge_loss(torch.randn(3, 6), torch.tensor([0, bad, 1]), 2)
+
+
+@pytest.mark.parametrize("bad", [-1, 6, 2**40])
+@pytest.mark.parametrize("case", ["float32", "float64", "float16", "eps0", "noise",
+                                  "imbalanced", "torch_hinge"])
+def test_noised_losses_reject_target_out_of_range(bad, case, monkeypatch):
+    """The noised losses check the range of ``target`` in their fused hinge (the compiled
+    pass on CPU float tensors, ``check_index_range`` on the torch formulas)."""
+    if case == "torch_hinge":
+        monkeypatch.setattr(perturbed, "_compiled_forward", lambda *a: False)
+    dtype = {"float64": torch.float64, "float16": torch.float16}.get(case, torch.float32)
+    x = torch.randn(3, 6, dtype=dtype)
+    target = torch.tensor([0, bad, 1])
+    kwargs = {"epsilon": 0.0} if case == "eps0" else {}
+    if case == "noise":
+        kwargs["noise"] = torch.randn(5, 3, 6)
+    with pytest.raises(ValueError, match=rf"target values must be in \[0, 6\), found {bad}"):
+        if case == "imbalanced":
+            STF.imbalanced_noised_topk_loss(x, target, torch.rand(6), k=2)
+        else:
+            STF.noised_topk_loss(x, target, k=2, **kwargs)
 
 
 def test_rejects_k_below_one():

@@ -4,6 +4,8 @@ noised hinge must equal, bit for bit, the same formulas written with torch opera
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -46,25 +48,57 @@ def test_weighted_row_sums_left_to_right(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [None, 60.0, 0.3])
-@pytest.mark.parametrize("per_row", [False, True])
-def test_forward_equals_torch_formula_bitwise(dtype, scale, per_row):
+@pytest.mark.parametrize("margin_kind", ["float", "per_row", "per_class"])
+def test_forward_equals_torch_formula_bitwise(dtype, scale, margin_kind):
     gen = torch.Generator().manual_seed(2)
     n, c, b = 60, 20, 5
     scores = torch.randn(n, c, generator=gen, dtype=dtype)
     target = torch.randint(0, c, (n,), generator=gen)
     values = torch.randn(n, b, generator=gen, dtype=dtype)
     values[0, 2] = float("nan")  # NaN stays NaN through relu
-    margin = torch.rand(n, generator=gen, dtype=dtype) if per_row else 0.3
-    hinge, loss = hinge_cpu.hinge_forward(scores.numpy(), target.numpy(),
-                                          margin.numpy() if per_row else margin,
-                                          values.numpy(), scale)
+    margin = {"float": 0.3, "per_row": torch.rand(n, generator=gen, dtype=dtype),
+              "per_class": torch.rand(c, generator=gen, dtype=dtype)}[margin_kind]
+    hinge, loss = hinge_cpu.hinge_forward(
+        scores.numpy(), target.numpy(), margin if margin_kind == "float" else margin.numpy(),
+        values.numpy(), scale, per_class=margin_kind == "per_class")
     label = scores.gather(1, target.unsqueeze(1)).squeeze(1)
-    ref = torch.relu(margin + _left_to_right(values, 1.0 / b) - label)
+    m = margin[target] if margin_kind == "per_class" else margin
+    ref = torch.relu(m + _left_to_right(values, 1.0 / b) - label)
     assert bool((ref == 0).any()) and bool((ref > 0).any())
     assert torch.equal(torch.from_numpy(hinge).nan_to_num(), ref.nan_to_num())
     assert bool(torch.from_numpy(hinge)[0].isnan())
     ref_loss = ref if scale is None else scale * ref
     assert torch.equal(torch.from_numpy(loss).nan_to_num(), ref_loss.nan_to_num())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_forward_reduction_in_float64(dtype, reduction):
+    """The mean / sum of the per-row loss: added row by row in float64, then rounded to
+    the dtype;
+    NaN propagates; the mean of no rows is NaN (as torch's), their sum 0."""
+    gen = torch.Generator().manual_seed(3)
+    n, c, b = 333, 20, 5
+    scores = torch.randn(n, c, generator=gen, dtype=dtype) * 100.0
+    target = torch.randint(0, c, (n,), generator=gen)
+    values = torch.randn(n, b, generator=gen, dtype=dtype) * 100.0
+    args = (scores.numpy(), target.numpy(), 0.3, values.numpy(), 60.0)
+    _, rows = hinge_cpu.hinge_forward(*args)
+    _, reduced = hinge_cpu.hinge_forward(*args, reduction=reduction)
+    assert reduced.shape == () and reduced.dtype == scores.numpy().dtype
+    total = 0.0
+    for v in rows:  # row by row in float64 (Python floats)
+        total += float(v)
+    expected = total / n if reduction == "mean" else total
+    assert abs(total - math.fsum(float(v) for v in rows)) <= 1e-12 * abs(total)
+    assert float(reduced) == float(np.array(expected, dtype=reduced.dtype))
+    values[7, 1] = float("nan")
+    _, reduced = hinge_cpu.hinge_forward(scores.numpy(), target.numpy(), 0.3, values.numpy(),
+                                         60.0, reduction=reduction)
+    assert math.isnan(float(reduced))
+    empty = (scores.numpy()[:0], target.numpy()[:0], 0.3, values.numpy()[:0], None)
+    _, reduced = hinge_cpu.hinge_forward(*empty, reduction=reduction)
+    assert math.isnan(float(reduced)) if reduction == "mean" else float(reduced) == 0.0
 
 
 def _inputs(n, c, b, dtype, seed=0):
@@ -94,6 +128,24 @@ def test_equals_torch_formula_bitwise(dtype, scale, threads):
     assert torch.equal(torch.from_numpy(out).nan_to_num(), ref_out.nan_to_num())
     assert torch.equal(torch.from_numpy(out).isnan(), ref_out.isnan())
     assert torch.equal(torch.from_numpy(masked).nan_to_num(), ref_masked.nan_to_num())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reduced_gradient_as_torch_backward(dtype, reduction):
+    """``grad (1,)`` of a mean or a sum: each row gets what torch's mean / sum backward
+    passes it (``grad / N``, ``grad``), then the hinge's formula; N = 37 (1/N inexact)."""
+    n, c, b = 37, 23, 5
+    _, hinge, indices, target = _inputs(n, c, b, dtype, seed=7)
+    for value in (0.7, 1.0, 3e-5, 123.456):
+        grad = torch.tensor([value], dtype=dtype)
+        out, masked = hinge_cpu.hinge_grad(grad.numpy(), hinge.numpy(), 60.0, indices.numpy(),
+                                           target.numpy(), c, 1, reduction)
+        leaf = torch.zeros(n, dtype=dtype, requires_grad=True)  # torch's own backward
+        (leaf.mean() if reduction == "mean" else leaf.sum()).backward(grad[0])
+        ref_out, ref_masked = _torch_formula(leaf.grad, hinge, 60.0, indices, target, c)
+        assert torch.equal(torch.from_numpy(out), ref_out)
+        assert torch.equal(torch.from_numpy(masked), ref_masked)
 
 
 def test_noised_hinge_backward_uses_it_and_matches_torch_path(monkeypatch):

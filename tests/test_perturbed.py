@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from sampling_checks import Z_MAX, adversarial, assert_same_or_tied, two_sample_checks
-from smoothtopk import perturbed, perturbed_cpu
+from smoothtopk import ops, perturbed, perturbed_cpu
 from smoothtopk.functional import noised_topk_loss
 from smoothtopk.ops import _perturbed_kth_reference, smooth_kth_largest
 from smoothtopk.perturbed import _exceedance_columns, _sample_torch, sample_perturbed_kth
@@ -389,16 +389,32 @@ def test_torch_sampler_switches_to_full_draws_only_when_most_classes_compete(
 @pytest.mark.parametrize("epsilon", [0.0, 0.5])
 @pytest.mark.parametrize("imbalanced", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_hinge_equals_composed_autograd(epsilon, imbalanced, dtype):
-    """noised_hinge (one gradient buffer) == smooth_kth_largest + gather + relu, bitwise."""
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_fused_hinge_equals_composed_autograd(epsilon, imbalanced, dtype, reduction, compiled,
+                                              monkeypatch):
+    """noised_hinge (one autograd node, one gradient buffer; margins indexed and the loss
+    reduced inside) == smooth_kth_largest + indexing + gather + relu + reduction: per-row
+    losses and the gradients of the scores and per-class margins bitwise (the reductions to
+    rounding: the compiled one adds in float64); on the compiled CPU passes and
+    on the torch formulas of other devices (``compiled=False``, the composed operators then
+    adding the draws with torch too; torch's sum of the draws follows their memory layout,
+    which differs between the two, so there the values agree to rounding)."""
+    if not compiled:
+        monkeypatch.setattr(perturbed, "_compiled_forward", lambda *a: False)
+        monkeypatch.setattr(perturbed, "_compiled_backward", lambda *a: False)
+        monkeypatch.setattr(ops, "compiled_on_cpu", lambda t: False)
     gen = torch.Generator().manual_seed(8)
-    n, c, b = 40, 30, 5
+    n, c, b = 40, 30, 5  # n = 40: 1/n is inexact, as a mean's gradient
     scores = torch.randn(n, c, generator=gen, dtype=dtype)
     target = torch.randint(0, c, (n,), generator=gen)
     target[:5] = scores[:5].topk(4, dim=1).indices[:, -1]  # label = the (K+1)-th largest
+    target[5:9] = target[9]  # repeated labels: their margin gradients add up
     noise = torch.randn(b, n, c, generator=gen, dtype=dtype)
     margins = torch.rand(c, generator=gen, dtype=dtype).requires_grad_()
     scale = 60.0 if imbalanced else None
+    weights = (torch.rand(n, generator=gen, dtype=dtype) if reduction == "none"
+               else torch.tensor(0.7, dtype=dtype))
 
     x1 = scores.clone().requires_grad_()
     margin1 = margins[target] if imbalanced else 0.3
@@ -406,7 +422,7 @@ def test_fused_hinge_equals_composed_autograd(epsilon, imbalanced, dtype):
     label = x1.gather(1, target.unsqueeze(1)).squeeze(1)
     composed = torch.relu(margin1 + top - label)
     composed = composed if scale is None else scale * composed
-    weights = torch.rand(n, generator=gen, dtype=dtype)
+    composed = {"none": composed, "mean": composed.mean(), "sum": composed.sum()}[reduction]
     (composed * weights).sum().backward()
 
     x2 = scores.clone().requires_grad_()
@@ -415,14 +431,40 @@ def test_fused_hinge_equals_composed_autograd(epsilon, imbalanced, dtype):
     values, indices = (perturbed.sample_perturbed_kth(x2d, 4, epsilon, b, noise=noise)
                        if epsilon > 0 else
                        (x2d.topk(4, dim=1).values[:, -1:], x2d.topk(4, dim=1).indices[:, -1:]))
-    fused = perturbed.noised_hinge(x2, target, margins2[target] if imbalanced else 0.3,
-                                   values, indices, scale)
+    fused = perturbed.noised_hinge(x2, target, margins2 if imbalanced else 0.3, values,
+                                   indices, scale, reduction, per_class=imbalanced)
     (fused * weights).sum().backward()
 
-    assert torch.equal(fused, composed)
+    assert fused.shape == composed.shape
+    if compiled and reduction == "none":
+        assert torch.equal(fused, composed)
+    else:  # a compiled reduction adds in float64 (torch's own order is its own)
+        torch.testing.assert_close(fused, composed)
     assert torch.equal(x2.grad, x1.grad)
     if imbalanced:
         assert torch.equal(margins2.grad, margins.grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_fused_hinge_per_row_margins(reduction):
+    """Per-row margin tensors (``per_class=False``) get their own gradient, as composed."""
+    gen = torch.Generator().manual_seed(9)
+    scores = torch.randn(12, 7, generator=gen)
+    target = torch.randint(0, 7, (12,), generator=gen)
+    values = torch.randn(12, 3, generator=gen)
+    indices = torch.randint(0, 7, (12, 3), generator=gen)
+    grads = []
+    for fused in (True, False):
+        m = torch.rand(12, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        if fused:
+            loss = perturbed.noised_hinge(scores, target, m, values, indices, 2.0, reduction)
+        else:
+            loss = perturbed.noised_hinge(scores, target, m, values, indices, 2.0)
+            loss = loss.mean() if reduction == "mean" else loss.sum()
+        loss.backward()
+        grads.append(m.grad)
+    assert torch.equal(grads[0], grads[1])
+    assert bool((grads[0] == 0).any()) and bool((grads[0] != 0).any())
 
 
 @pytest.mark.parametrize("threads", [1, 2])

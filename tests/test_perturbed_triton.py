@@ -161,7 +161,8 @@ def test_hinge_kernels_equal_the_torch_function(margin_kind, scale, reduction):
     ref_margins = margins.clone().requires_grad_()
     margin = (1.0 if margin_kind == "float" else
               ref_margins[target] if margin_kind == "per_class" else ref_margins)
-    ref = perturbed._NoisedHinge.apply(ref_x, target, margin, values, indices, scale)
+    ref = perturbed._NoisedHinge.apply(ref_x, target, margin, values, indices, scale, "none",
+                                      False)
     ref = {"none": ref, "mean": ref.mean(), "sum": ref.sum()}[reduction]
     (ref * weights).sum().backward()
 

@@ -35,7 +35,12 @@ from smoothtopk.ops import (
     kth_largest,
     topk_sum,
 )
-from smoothtopk.perturbed import noised_hinge, triton_noised_hinge_loss, uses_triton
+from smoothtopk.perturbed import (
+    noised_hinge,
+    sample_perturbed_kth,
+    triton_noised_hinge_loss,
+    uses_triton,
+)
 from smoothtopk.svm import smooth_topk_svm
 
 __all__ = [
@@ -71,10 +76,10 @@ def _label_scores(scores: Tensor, target: Tensor) -> Tensor:
 
 
 def _prepare_noised(input: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, int]:
-    """:func:`_prepare` for the noised losses: on the Triton path (CUDA), the hinge kernel
-    asserts the range of ``target`` on the device, as ``F.cross_entropy`` does."""
-    on_triton = isinstance(input, Tensor) and uses_triton(input)
-    return _prepare(input, target, reduction, check_range=not on_triton)
+    """:func:`_prepare` for the noised losses, whose fused hinge checks the range of
+    ``target`` itself (:func:`smoothtopk.perturbed.noised_hinge`: in its compiled pass on
+    the CPU, asynchronously on a GPU)."""
+    return _prepare(input, target, reduction, check_range=False)
 
 
 def _noised_hinge(
@@ -86,17 +91,22 @@ def _noised_hinge(
     node: :func:`smoothtopk.ops.smooth_kth_largest`'s draws fused with the hinge
     (:func:`smoothtopk.perturbed.noised_hinge`). ``margins``: a float, or per-class
     ``(C,)``. On CUDA the draws, the hinge and the reduction are Triton kernels."""
-    if noise is None and uses_triton(scores):
+    per_class = isinstance(margins, Tensor)
+    if noise is None:
         epsilon, n_samples = _check_draw_args(epsilon, n_samples, generator, scores.device)
-        if epsilon > 0.0:
-            return triton_noised_hinge_loss(scores, target, k + 1, epsilon, n_samples,
-                                            generator, margins, scale, reduction)
+        if epsilon > 0.0:  # scores and k validated by the caller
+            if uses_triton(scores):
+                return triton_noised_hinge_loss(scores, target, k + 1, epsilon, n_samples,
+                                                generator, margins, scale, reduction)
+            values, indices = sample_perturbed_kth(scores, k + 1, epsilon, n_samples,
+                                                   generator)
+            return noised_hinge(scores, target, margins, values, indices, scale, reduction,
+                                per_class)
     x2d, _, k, epsilon, n_samples, noise2d = _check_smooth_args(
         scores, k + 1, epsilon, n_samples, 1, generator, noise
     )
     values, indices = _smooth_kth_draws(x2d, k, epsilon, n_samples, generator, noise2d)
-    margin = margins[target] if isinstance(margins, Tensor) else margins
-    return reduce(noised_hinge(scores, target, margin, values, indices, scale), reduction)
+    return noised_hinge(scores, target, margins, values, indices, scale, reduction, per_class)
 
 
 def _check_margins(margins: object, num_classes: int, like: Tensor) -> Tensor:

@@ -53,40 +53,60 @@ def weighted_row_sums(values: np.ndarray, weight: float) -> np.ndarray:
 
 
 @njit(**_JIT)
-def _hinge_rows(scores, target, margins, per_row, values, weight, scale, hinge, out):
+def _hinge_rows(scores, target, margins, margin_kind, values, weight, scale, hinge, out,
+                reduced, mean):
+    total = 0.0
     for r in range(scores.shape[0]):
-        h = (margins[r * per_row] + _row_sum(values, r) * weight) - scores[r, target[r]]
+        label = target[r]
+        if not 0 <= label < scores.shape[1]:
+            return r
+        m = margins[0] if margin_kind == 0 else margins[r if margin_kind == 1 else label]
+        h = (m + _row_sum(values, r) * weight) - scores[r, label]
         if h < 0.0:
             h = scores.dtype.type(0.0)
         hinge[r] = h
         out[r] = scale * h
+        total += float(out[r])
+    reduced[0] = total / scores.shape[0] if mean else total
+    return -1
 
 
 def hinge_forward(
     scores: np.ndarray, target: np.ndarray, margin: float | np.ndarray, values: np.ndarray,
-    scale: float | None,
+    scale: float | None, per_class: bool = False, reduction: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(hinge, loss)``, each ``(N,)`` in the dtype of ``scores``: ``hinge = relu(margin +
-    weighted_row_sums(values, 1/B) − scores[r, target[r]])`` (NaN stays NaN) and ``loss =
-    scale · hinge`` (``hinge`` itself for ``scale=None``).
+    """``(hinge, loss)`` in the dtype of ``scores``: ``hinge = relu(m_r +
+    weighted_row_sums(values, 1/B) − scores[r, target[r]])`` (``(N,)``; NaN stays NaN) and
+    the loss ``scale · hinge`` (``hinge`` itself for ``scale=None``), per row (``(N,)``,
+    reduction ``'none'``) or its mean or sum (0-d; added row by row in float64, then
+    rounded to the dtype).
 
-    ``scores (N, C)`` float32 or float64; ``target (N,)`` int64 in ``[0, C)`` (not
-    checked); ``margin``: a float or ``(N,)`` array of the dtype of ``scores``; ``values
-    (N, B)`` of that dtype, ``B >= 1``."""
+    ``scores (N, C)`` float32 or float64; ``target (N,)`` int64 in ``[0, C)`` (else
+    ``ValueError``); ``margin``: a float, or an array of the dtype of ``scores``: ``m_r =
+    margin[r]`` (``(N,)``), or ``margin[target[r]]`` with ``per_class`` (``(C,)``);
+    ``values (N, B)`` of that dtype, ``B >= 1``."""
     dtype = scores.dtype.type
     rows = scores.shape[0]
-    per_row = isinstance(margin, np.ndarray)
-    margins = margin if per_row else np.full(1, margin, dtype=scores.dtype)
+    kind = 0
+    if isinstance(margin, np.ndarray):
+        kind = 2 if per_class else 1
+    else:
+        margin = np.full(1, margin, dtype=scores.dtype)
     hinge = np.empty(rows, dtype=scores.dtype)
     out = hinge if scale is None else np.empty(rows, dtype=scores.dtype)
-    _hinge_rows(scores, target, margins, int(per_row), values, dtype(1.0 / values.shape[1]),
-                dtype(1.0 if scale is None else scale), hinge, out)
-    return hinge, out
+    reduced = np.empty(1, dtype=scores.dtype)
+    bad = _hinge_rows(scores, target, margin, kind, values, dtype(1.0 / values.shape[1]),
+                      dtype(1.0 if scale is None else scale), hinge, out, reduced,
+                      reduction == "mean")
+    if bad >= 0:
+        raise ValueError(f"target values must be in [0, {scores.shape[1]}), "
+                         f"found {int(target[bad])}")
+    return hinge, out if reduction == "none" else reduced.reshape(())
 
 
 @njit(inline="always", **_JIT)
-def _row(grad, hinge, scale, weight, indices, target, out, masked, r):
-    g = grad[r] * scale
+def _row(grad, per_row, count, hinge, scale, weight, indices, target, out, masked, r):
+    g = grad[r * per_row] / count * scale
     g = g * (grad.dtype.type(1.0) if hinge[r] > 0 else grad.dtype.type(0.0))
     masked[r] = g
     row = out[r]
@@ -98,36 +118,40 @@ def _row(grad, hinge, scale, weight, indices, target, out, masked, r):
 
 
 @njit(**_JIT)
-def _rows_serial(grad, hinge, scale, weight, indices, target, out, masked):
+def _rows_serial(grad, per_row, count, hinge, scale, weight, indices, target, out, masked):
     for r in range(out.shape[0]):
-        _row(grad, hinge, scale, weight, indices, target, out, masked, r)
+        _row(grad, per_row, count, hinge, scale, weight, indices, target, out, masked, r)
 
 
 @njit(parallel=True, **_JIT)
-def _rows_parallel(grad, hinge, scale, weight, indices, target, out, masked):
+def _rows_parallel(grad, per_row, count, hinge, scale, weight, indices, target, out, masked):
     for r in prange(out.shape[0]):
-        _row(grad, hinge, scale, weight, indices, target, out, masked, r)
+        _row(grad, per_row, count, hinge, scale, weight, indices, target, out, masked, r)
 
 
 def hinge_grad(
     grad: np.ndarray, hinge: np.ndarray, scale: float | None, indices: np.ndarray,
-    target: np.ndarray, num_classes: int, threads: int = 1,
+    target: np.ndarray, num_classes: int, threads: int = 1, reduction: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(grad_scores (N, C), g (N,))`` in the dtype of ``grad``: the gradient of the
-    scores and ``g = scale · grad · 1{hinge > 0}`` (the margin's gradient).
+    scores and ``g = g_r · scale · 1{hinge > 0}`` (the gradient of the margin ``m_r``),
+    where the gradient reaching row ``r``'s loss is ``g_r = grad[r]`` (``grad (N,)``,
+    reduction ``'none'``), ``grad[0] / N`` (``grad (1,)``, ``'mean'``) or ``grad[0]``
+    (``'sum'``): the arithmetic of torch's mean and sum backward.
 
-    ``grad``, ``hinge``: ``(N,)`` float32 or float64 (same dtype); ``indices``: ``(N, B)``
-    int64 columns in ``[0, C)``; ``target``: ``(N,)`` int64 in ``[0, C)`` (not checked:
-    the callers validated them); ``scale``: ``None`` for no factor; ``threads``: rows are
+    ``grad``, ``hinge``: float32 or float64 (same dtype); ``indices``: ``(N, B)`` int64
+    columns in ``[0, C)``; ``target``: ``(N,)`` int64 in ``[0, C)`` (not checked: the
+    callers validated them); ``scale``: ``None`` for no factor; ``threads``: rows are
     shared among that many threads for large gradients (same result)."""
     dtype = grad.dtype.type
-    rows = grad.shape[0]
+    rows = indices.shape[0]
     out = np.empty((rows, num_classes), dtype=grad.dtype)
     masked = np.empty(rows, dtype=grad.dtype)
     kernel = _rows_serial
     if threads > 1 and rows > 1 and rows * num_classes >= _PARALLEL_ENTRIES:
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         kernel = _rows_parallel
-    kernel(grad, hinge, dtype(1.0 if scale is None else scale), dtype(1.0 / indices.shape[1]),
+    kernel(grad, int(reduction == "none"), dtype(rows if reduction == "mean" else 1),
+           hinge, dtype(1.0 if scale is None else scale), dtype(1.0 / indices.shape[1]),
            indices, target, out, masked)
     return out, masked

@@ -74,6 +74,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
 from smoothtopk import hinge_cpu, perturbed_cpu
+from smoothtopk._checks import check_index_range, reduce
 
 __all__ = ["DEFAULT_EXTRA_CANDIDATES", "noised_hinge", "sample_perturbed_kth"]
 
@@ -215,6 +216,8 @@ def sample_perturbed_kth(
     :mod:`smoothtopk.perturbed_cpu`, CUDA tensors :mod:`smoothtopk.perturbed_triton`
     (``n_candidates`` unused there), other devices :func:`_sample_torch`.
     """
+    if x2d.device.type == "cpu":
+        return _sample_cpu(x2d, k, epsilon, n_samples, generator, noise, n_candidates)
     if uses_triton(x2d):
         work = x2d.detach().float()
         perturbed = None
@@ -223,8 +226,15 @@ def sample_perturbed_kth(
         values, indices = _triton_kernels().kth_draws(work, k, epsilon, n_samples, generator,
                                                       perturbed)
         return values.to(x2d.dtype), indices
-    if x2d.device.type != "cpu":
-        return _sample_torch(x2d, k, epsilon, n_samples, generator, noise, n_candidates)
+    return _sample_torch(x2d, k, epsilon, n_samples, generator, noise, n_candidates)
+
+
+def _sample_cpu(
+    x2d: Tensor, k: int, epsilon: float, n_samples: int, generator: torch.Generator | None,
+    noise: Tensor | None, n_candidates: int | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`sample_perturbed_kth` on a CPU tensor: the kernel of
+    :mod:`smoothtopk.perturbed_cpu` on float32 or float64 (other dtypes upcast to float32)."""
     m = k + DEFAULT_EXTRA_CANDIDATES if n_candidates is None else n_candidates
     work = x2d.detach()
     if work.dtype not in (torch.float32, torch.float64):
@@ -241,7 +251,9 @@ def sample_perturbed_kth(
         work.numpy(), k, epsilon, n_samples, m, seed, perturbed=perturbed,
         threads=torch.get_num_threads(),
     )
-    return torch.from_numpy(values).to(x2d.dtype), torch.from_numpy(indices)
+    values = torch.from_numpy(values)
+    return (values if values.dtype == x2d.dtype else values.to(x2d.dtype),
+            torch.from_numpy(indices))
 
 
 def _sample_torch(
@@ -353,66 +365,84 @@ def _compiled_backward(grad: Tensor, indices: Tensor, target: Tensor) -> bool:
 
 
 class _NoisedHinge(Function):
-    """Per row ``scale · (margin + (1/B) Σ_b values[r, b] − s_y)_+`` whose backward writes
-    one ``(N, C)`` gradient: ``scale · 1{hinge > 0} · ((1/B) Σ_b onehot(indices[r, b]) − δ_y)``
-    (the composed autograd graph would zero-fill two and add them). Saves ``target``,
-    ``indices`` and the ``(N,)`` hinge only."""
+    """Per row ``scale · (m_r + (1/B) Σ_b values[r, b] − s_y)_+``, reduced, whose backward
+    writes one ``(N, C)`` gradient: ``g_r · scale · 1{hinge > 0} · ((1/B) Σ_b
+    onehot(indices[r, b]) − δ_y)``, ``g_r`` the gradient reaching row ``r`` through the
+    reduction (the composed autograd graph would zero-fill two and add them). ``m_r``:
+    ``margin`` (a float), ``margin[r]`` or, ``per_class``, ``margin[target[r]]``. Saves
+    ``target``, ``indices`` and the ``(N,)`` hinge only."""
 
     @staticmethod
-    def forward(ctx, scores, target, margin, values, indices, scale):
-        ctx.scale, ctx.shape = scale, scores.shape
+    def forward(ctx, scores, target, margin, values, indices, scale, reduction, per_class):
+        ctx.scale, ctx.shape, ctx.reduction = scale, scores.shape, reduction
+        ctx.per_class, ctx.margin_size = per_class, margin.shape if per_class else None
         if _compiled_forward(scores, margin, values):
             hinge, loss = hinge_cpu.hinge_forward(
                 scores.detach().numpy(), target.numpy(),
                 margin.detach().numpy() if isinstance(margin, Tensor) else margin,
-                values.numpy(), scale)
+                values.numpy(), scale, per_class, reduction)
             hinge = torch.from_numpy(hinge)
-            ctx.save_for_backward(target, indices, hinge)
-            return hinge if scale is None else torch.from_numpy(loss)
-        top = values.sum(dim=-1) * (1.0 / values.shape[-1])
-        label = scores.gather(1, target.unsqueeze(1)).squeeze(1)
-        hinge = torch.relu(margin + top - label)
+            loss = hinge if scale is None and reduction == "none" else torch.from_numpy(loss)
+        else:
+            check_index_range(target, scores.shape[1])
+            top = values.sum(dim=-1) * (1.0 / values.shape[-1])
+            label = scores.gather(1, target.unsqueeze(1)).squeeze(1)
+            hinge = torch.relu((margin[target] if per_class else margin) + top - label)
+            loss = reduce(hinge if scale is None else scale * hinge, reduction)
         ctx.save_for_backward(target, indices, hinge)
-        return hinge if scale is None else scale * hinge
+        return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         target, indices, hinge = ctx.saved_tensors
+        rows, cols = ctx.shape
+        grad_scores = grad_margin = None
         if _compiled_backward(grad, indices, target):
-            grad_scores, masked = hinge_cpu.hinge_grad(
-                grad.contiguous().numpy(), hinge.numpy(), ctx.scale,
-                indices.contiguous().numpy(), target.contiguous().numpy(), ctx.shape[1],
-                torch.get_num_threads())
-            grad_scores = torch.from_numpy(grad_scores) if ctx.needs_input_grad[0] else None
-            grad_margin = torch.from_numpy(masked) if ctx.needs_input_grad[2] else None
-            return grad_scores, None, grad_margin, None, None, None
-        if ctx.scale is not None:
-            grad = grad * ctx.scale
-        grad = grad * (hinge > 0)
-        grad_scores = None
-        if ctx.needs_input_grad[0]:
-            share = (grad * (1.0 / indices.shape[-1])).unsqueeze(-1).expand(indices.shape)
-            grad_scores = grad.new_zeros(ctx.shape).scatter_add_(1, indices, share)
-            grad_scores.scatter_add_(1, target.unsqueeze(1), -grad.unsqueeze(1))
-        grad_margin = grad if ctx.needs_input_grad[2] else None
-        return grad_scores, None, grad_margin, None, None, None
+            out, masked = hinge_cpu.hinge_grad(
+                grad.reshape(-1).contiguous().numpy(), hinge.numpy(), ctx.scale,
+                indices.contiguous().numpy(), target.contiguous().numpy(), cols,
+                torch.get_num_threads(), ctx.reduction)
+            masked = torch.from_numpy(masked)
+            if ctx.needs_input_grad[0]:
+                grad_scores = torch.from_numpy(out)
+        else:  # torch's mean and sum backward, then the hinge's
+            if ctx.reduction != "none":
+                grad = grad.expand(rows)
+                grad = grad / rows if ctx.reduction == "mean" else grad
+            if ctx.scale is not None:
+                grad = grad * ctx.scale
+            masked = grad * (hinge > 0)
+            if ctx.needs_input_grad[0]:
+                share = (masked * (1.0 / indices.shape[-1])).unsqueeze(-1).expand(indices.shape)
+                grad_scores = masked.new_zeros(ctx.shape).scatter_add_(1, indices, share)
+                grad_scores.scatter_add_(1, target.unsqueeze(1), -masked.unsqueeze(1))
+        if ctx.needs_input_grad[2]:  # index's backward for per-class margins
+            grad_margin = (masked.new_zeros(ctx.margin_size)
+                           .index_put_((target,), masked, accumulate=True)
+                           if ctx.per_class else masked)
+        return grad_scores, None, grad_margin, None, None, None, None, None
 
 
 def noised_hinge(
     scores: Tensor, target: Tensor, margin: float | Tensor, values: Tensor, indices: Tensor,
-    scale: float | None = None,
+    scale: float | None = None, reduction: str = "none", per_class: bool = False,
 ) -> Tensor:
     """The noised top-K hinge of each row from the draws of its (K+1)-th largest, fused.
 
-    ``scale · relu(margin + mean_b(values) − scores[r, target[r]])`` (``scale = None``: no
-    factor) with ``scores (N, C)``, ``target (N,)``, ``margin`` a float or ``(N,)`` tensor
-    (differentiable), ``values``/``indices`` ``(N, B)`` as returned by
-    :func:`sample_perturbed_kth`. Same values and gradients as composing
-    :func:`smoothtopk.ops.smooth_kth_largest`, ``gather`` and ``relu``, with one gradient
-    buffer instead of two. Arguments are assumed validated by the caller.
+    ``scale · relu(m_r + mean_b(values) − scores[r, target[r]])`` (``scale = None``: no
+    factor), reduced by ``reduction``, with ``scores (N, C)``, ``target (N,)``, ``values``/
+    ``indices`` ``(N, B)`` as returned by :func:`sample_perturbed_kth`; ``m_r`` is
+    ``margin`` (a float) or a differentiable tensor: ``margin[r]`` (``(N,)``) or, with
+    ``per_class``, ``margin[target[r]]`` (``(C,)``). Same values and gradients as composing
+    :func:`smoothtopk.ops.smooth_kth_largest`, indexing, ``gather``, ``relu`` and the
+    reduction (the compiled CPU pass adds a mean or sum in float64: to rounding), in one
+    autograd node that writes one gradient buffer. Arguments are assumed
+    validated by the caller, except the range of ``target``, checked here (``ValueError``
+    on the CPU; a device assertion on a GPU, as ``F.cross_entropy`` does).
     """
     if uses_triton(scores) and scores.dtype == torch.float32:
         hinge = _triton_kernels().NoisedHingeFunction
-        return hinge.apply(scores, target, margin, values, indices, scale)
-    return _NoisedHinge.apply(scores, target, margin, values, indices, scale)
+        return hinge.apply(scores, target, margin, values, indices, scale, reduction, per_class)
+    return _NoisedHinge.apply(scores, target, margin, values, indices, scale, reduction,
+                              per_class)
