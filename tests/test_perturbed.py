@@ -192,8 +192,8 @@ def test_chunk_maxima_of_strided_chunks(bad):
     row = torch.randn(16 * 37 + 5, generator=gen).numpy()
     if bad is not None:
         row[3 + 37 * 7] = bad
-    tops, check = np.empty(37, np.float32), np.empty(37, np.float32)
-    perturbed_cpu._chunk_tops(row, tops, check)
+    tops = np.empty(37, np.float32)
+    perturbed_cpu._chunk_tops(row, tops)
     for c in range(37):
         chunk = [float(row[c + 37 * t]) for t in range(16)]
         if c == 3 and bad is not None:
@@ -215,10 +215,10 @@ def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
     for row in x:
         cols = row.shape[0]
         cand_col, cand_x = np.empty(cols, np.int64), np.empty(cols)
-        scratch = [np.empty(cols // 16 + 1, np.float32) for _ in range(2)]
+        tops = np.empty(cols // 16 + 1, np.float32)
         chosen, select = np.empty(cols // 16 + 1, np.int64), np.empty(k + 1)
         count, u, finite = perturbed_cpu._candidates(row, k, m, epsilon, cand_col, cand_x,
-                                                     *scratch, chosen, select)
+                                                     tops, chosen, select)
         assert finite and count >= k + 1
         assert sorted(cand_col[:count].tolist()) == np.flatnonzero(row >= u).tolist()
         if count <= perturbed_cpu._SORTED_CANDIDATES:

@@ -289,21 +289,19 @@ def _above(a, b):
 
 
 @njit(fastmath=_REASSOC, **_JIT)
-def _chunk_tops(row, tops, check):
+def _chunk_tops(row, tops):
     """``tops[c]`` = maximum of the chunk ``c`` (columns ``c + t·n``, ``t < 16``, for
     ``n = len(tops)`` chunks), NaN when the chunk holds a NaN or an infinity; strided chunks
-    so that the loop over ``c`` vectorises (``check``: scratch of the same size)."""
+    so that the loop over ``c`` vectorises, each chunk's maximum kept in a register."""
     n = tops.shape[0]
     for c in range(n):
-        tops[c] = row[c]
-        check[c] = row[c] * 0
-    for t in range(1, _CHUNK):
-        for c in range(n):
+        top = row[c]
+        check = row[c] * 0  # NaN iff a NaN or an infinity
+        for t in range(1, _CHUNK):
             v = row[t * n + c]
-            tops[c] = max(tops[c], v)
-            check[c] += v * 0
-    for c in range(n):
-        tops[c] += check[c]
+            top = max(top, v)
+            check += v * 0
+        tops[c] = top + check
 
 
 @njit(fastmath=_REASSOC, **_JIT)
@@ -380,7 +378,7 @@ def _threshold(tops, k, m, eps, select):
 
 
 @njit(inline="always", **_JIT)
-def _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen, select):
+def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select):
     """Step 1: the candidates are the columns with ``x_j >= u``, at least ``k + 1`` of
     them, listed in ``cand_col`` and ``cand_x`` (by decreasing score when there are at most
     ``_SORTED_CANDIDATES``).
@@ -407,7 +405,7 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen, select):
         count, u = cols, -np.inf
     else:
         tops = tops[:n_chunks]
-        _chunk_tops(row, tops, check[:n_chunks])
+        _chunk_tops(row, tops)
         if not _all_numbers(tops):  # a NaN or an infinity in the row
             return 0, np.nan, False
         u = _threshold(tops, k, m, eps, select)
@@ -568,11 +566,9 @@ def _reveal_columns(state, row, u, eps, top_val, top_col, k, q, log_fail, gap):
 
 @njit(inline="always", **_JIT)
 def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
-         top_col, select, cand_col, cand_x, cand_v, order, bucket, starts, tops, check,
-         chosen):
+         top_col, select, cand_col, cand_x, cand_v, order, bucket, starts, tops, chosen):
     cols = row.shape[0]
-    count, u, finite = _candidates(row, k, m, eps, cand_col, cand_x, tops, check, chosen,
-                                   select)
+    count, u, finite = _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select)
     if not finite:
         _dense_row(row, k, eps, n_samples, state, perturbed, r, given, top_val, top_col,
                    out_val, out_col)
@@ -634,13 +630,12 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     bucket = np.empty(cols, dtype=np.int32)
     starts = np.empty(_N_BUCKETS + 1, dtype=np.int64)
     tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
-    check = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
     chosen = np.empty(cols // _CHUNK + 1, dtype=np.int64)
     for r in range(block * rows // n_blocks, (block + 1) * rows // n_blocks):
         state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
         _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r], out_col[r],
              top_val, top_col, select, cand_col, cand_x, cand_v, order, bucket, starts, tops,
-             check, chosen)
+             chosen)
 
 
 @njit(**_JIT)
