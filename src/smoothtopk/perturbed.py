@@ -68,6 +68,7 @@ import functools
 import math
 from types import ModuleType
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd import Function
@@ -400,9 +401,9 @@ class _NoisedHinge(Function):
         grad_scores = grad_margin = None
         if _compiled_backward(grad, indices, target):
             out, masked = hinge_cpu.hinge_grad(
-                grad.reshape(-1).contiguous().numpy(), hinge.numpy(), ctx.scale,
-                indices.contiguous().numpy(), target.contiguous().numpy(), cols,
-                torch.get_num_threads(), ctx.reduction)
+                np.ascontiguousarray(grad.numpy()).reshape(-1), hinge.numpy(), ctx.scale,
+                np.ascontiguousarray(indices.numpy()), np.ascontiguousarray(target.numpy()),
+                cols, torch.get_num_threads(), ctx.reduction)
             masked = torch.from_numpy(masked)
             if ctx.needs_input_grad[0]:
                 grad_scores = torch.from_numpy(out)
