@@ -1,16 +1,18 @@
 """Compiled CPU parts of the fused noised hinge (numba): one pass each way.
 
 :class:`smoothtopk.perturbed._NoisedHinge` defines, with torch operations, the per-row loss
-``scale · relu(margin + (1/B) Σ_b values[r, b] − scores[r, target[r]])`` and its gradient
-``grad_scores[r] = g_r · ((1/B) Σ_b onehot(indices[r, b]) − onehot(target[r]))`` with
-``g_r = scale · grad[r] · 1{hinge[r] > 0}``. On CPU tensors, :func:`hinge_forward` computes
-the loss in one pass over the rows, and :func:`hinge_grad` writes each row of the ``(N, C)``
-gradient once (zeros, then the ``B + 1`` entries), instead of a dozen small torch
-operations each way. The arithmetic is the torch operations', in the same dtype and order,
-except the sum of the ``B`` draws, which torch adds in an order of its own:
-:func:`weighted_row_sums` adds them left to right, and
+``scale · relu(m_r + (1/B) Σ_b values[r, b] − scores[r, target[r]])``, its reduction, and
+the gradient ``grad_scores[r] = g_r · ((1/B) Σ_b onehot(indices[r, b]) − onehot(target[r]))``
+with ``g_r = scale · grad_r · 1{hinge[r] > 0}`` (``grad_r`` what the reduction's backward
+passes row ``r``). On CPU tensors, :func:`hinge_forward` computes the loss in one pass over
+the rows (indexing per-class margins, checking the range of ``target`` and reducing), and
+:func:`hinge_grad` writes each row of the ``(N, C)`` gradient once (zeros, then the
+``B + 1`` entries), instead of a dozen small torch operations each way. The arithmetic is
+the torch operations', in the same dtype and order, except two sums that torch adds in an
+order of its own: the ``B`` draws, which :func:`weighted_row_sums` adds left to right (and
 :class:`smoothtopk.ops._SelectedSum` uses it too, so that the fused hinge and the composed
-operators stay bitwise equal (the tests check both against the torch formulas).
+operators stay bitwise equal; the tests check both against the torch formulas), and a mean
+or sum over the rows, added row by row in float64.
 """
 
 from __future__ import annotations
