@@ -75,8 +75,7 @@ def test_forward_equals_torch_formula_bitwise(dtype, scale, margin_kind):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_forward_reduction_in_float64(dtype, reduction):
     """The mean / sum of the per-row loss: added row by row in float64, then rounded to
-    the dtype;
-    NaN propagates; the mean of no rows is NaN (as torch's), their sum 0."""
+    the dtype; NaN propagates; the mean of no rows is NaN (as torch's), their sum 0."""
     gen = torch.Generator().manual_seed(3)
     n, c, b = 333, 20, 5
     scores = torch.randn(n, c, generator=gen, dtype=dtype) * 100.0

@@ -252,9 +252,7 @@ def _sample_cpu(
         work.numpy(), k, epsilon, n_samples, m, seed, perturbed=perturbed,
         threads=torch.get_num_threads(),
     )
-    values = torch.from_numpy(values)
-    return (values if values.dtype == x2d.dtype else values.to(x2d.dtype),
-            torch.from_numpy(indices))
+    return torch.from_numpy(values).to(x2d.dtype), torch.from_numpy(indices)
 
 
 def _sample_torch(
