@@ -217,6 +217,8 @@ def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
         cand_col, cand_x = np.empty(cols, np.int64), np.empty(cols)
         tops = np.empty(cols // 16 + 1, np.float32)
         chosen, select = np.empty(cols // 16 + 1, np.int64), np.empty(k + 1)
+        perturbed_cpu._chunk_tops(row, tops[:cols // 16])  # the caller's part of step 1
+        perturbed_cpu._select_largest(tops[:cols // 16], k, select)
         count, u, finite = perturbed_cpu._candidates(row, k, m, epsilon, cand_col, cand_x,
                                                      tops, chosen, select)
         assert finite and count >= k + 1
@@ -227,6 +229,80 @@ def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
         counts.append(count)
     if scores == "peaked" and epsilon == 0.1:  # 5 classes ahead: the gap rule applies
         assert max(counts) <= 2 * (k + 2)
+
+
+def _law_case_is_broad(scores, cols, k, epsilon, n_candidates):
+    """Whether the kernel orders the row of a ``_LAW_CASES`` case by buckets from the outset
+    (the broad path), from the same chunk maxima as the kernel."""
+    m = k + perturbed.DEFAULT_EXTRA_CANDIDATES if n_candidates is None else n_candidates
+    row = adversarial(scores, 1, cols, torch.Generator().manual_seed(cols * k))[0].numpy()
+    n_chunks = cols // 16
+    if n_chunks <= m + 1:
+        return False
+    tops = np.empty(n_chunks, np.float32)
+    perturbed_cpu._chunk_tops(row, tops)
+    return bool(perturbed_cpu._is_broad(tops, float(row.max()), m, epsilon))
+
+
+def test_law_cases_cover_both_paths():
+    """The law tests above run broad rows (ordered from the outset) and searched ones."""
+    broad = [_law_case_is_broad(*case) for case in _LAW_CASES]
+    assert _law_case_is_broad("normal", 2000, 6, 1.0, None)
+    assert not _law_case_is_broad("peaked", 1000, 6, 0.1, None)
+    assert 3 <= sum(broad) <= len(broad) - 3
+
+
+@pytest.mark.parametrize(("scores", "epsilon"), [("normal", 1.0), ("normal", 0.05),
+                                                 ("ties", 1.0), ("flat", 1.0),
+                                                 ("subnormal", 1e3)])
+@pytest.mark.parametrize("every", [False, True])
+def test_bucket_order_groups_the_columns_by_score(scores, epsilon, every):
+    """The counting sort lists each column below u once (every column when ``every``),
+    with non-decreasing buckets, and bucket i holds scores in (u − (i+1)w, u − iw]: the
+    last one open-ended, float rounding aside. Subnormal gaps under a huge ε: the bucket
+    width's inverse underflows their distance to u, and they still belong to bucket 0."""
+    gen = torch.Generator().manual_seed(8)
+    if scores == "subnormal":
+        x = np.zeros((4, 700))
+        x[:, ::3] = 5e-324
+    else:
+        x = adversarial(scores, 4, 700, gen).double().numpy()
+    width, n_buckets = epsilon * perturbed_cpu._BUCKET_WIDTH, 64
+    for row in x:
+        u = float(row.max()) if every else float(np.sort(row)[-15])
+        order, bucket = np.empty(700, np.int64), np.empty(700, np.int32)
+        perturbed_cpu._bucket_order(row, u, width, n_buckets, order, bucket, every)
+        listed = np.flatnonzero(row < u) if not every else np.arange(700)
+        count = listed.size
+        assert sorted(order[:count].tolist()) == listed.tolist()
+        ids = bucket[order[:count]]
+        assert (np.diff(ids) >= 0).all() and ((ids >= 0) & (ids < n_buckets)).all()
+        scores_in = row[order[:count]]
+        assert (scores_in <= u - ids * width * (1 - 1e-9)).all()
+        inner = ids < n_buckets - 1
+        assert (scores_in[inner] > u - (ids[inner] + 1) * width * (1 + 1e-9)).all()
+        if not every:
+            assert (bucket[row >= u] == n_buckets).all()  # the candidates: not listed
+
+
+def test_batched_gaussians_have_the_normal_law():
+    """``_normals`` (first steps vectorised, rare draws finished one by one): mean,
+    variance and tail frequencies of 400 000 draws within 4 s.e., and independent of the
+    batch they share (lag-1 correlation)."""
+    n, size = 400_000, 997
+    out, bits = np.empty(size), np.empty(size, np.uint64)
+    state, z = np.uint64(12345), []
+    for _ in range(n // size + 1):
+        state = np.uint64(perturbed_cpu._normals(state, out, bits))
+        z.append(out.copy())
+    z = np.concatenate(z)[:n]
+    assert abs(z.mean()) <= Z_MAX / math.sqrt(n)
+    assert abs(z.var() - 1.0) <= Z_MAX * math.sqrt(2.0 / n)
+    assert abs(np.mean(z[1:] * z[:-1])) <= Z_MAX / math.sqrt(n)
+    for level in (0.5, 1.0, 2.0, 3.0, 3.7):  # 3.7: beyond the ziggurat's base strip
+        p = math.erfc(level / math.sqrt(2))
+        freq = np.mean(np.abs(z) > level)
+        assert abs(freq - p) <= Z_MAX * math.sqrt(p * (1 - p) / n)
 
 
 @pytest.mark.parametrize("kind", ["normal", "peaked", "ties", "flat", "two_levels"])
@@ -248,7 +324,10 @@ def test_threshold_of_the_chunk_maxima(kind, epsilon):
             tops[:] = 1.5
         elif kind == "two_levels":
             tops = np.where(rng.random(n) < 0.5, 0.0, 1.0).astype(np.float32)
-        u = perturbed_cpu._threshold(tops, k, m, epsilon, np.empty(k + 1))
+        select = np.empty(k + 1)
+        perturbed_cpu._select_largest(tops, k, select)
+        assert select.tolist() == sorted(tops.tolist(), reverse=True)[:k + 1]
+        u = perturbed_cpu._threshold(tops, k, m, epsilon, select)
         ranked = np.sort(tops.astype(np.float64))[::-1]
         reach = int((tops >= u).sum())
         assert reach >= k + 1 and u <= ranked[k]

@@ -15,7 +15,9 @@ Algorithm, per row (rows in parallel, each with its own random stream):
    "candidates" are the columns with ``x_j >= u``, found by reading only the chunks whose
    maximum reaches ``u``, and sorted by decreasing score (when few); every other class has
    ``x_j < u``. Rows shorter than ``16 (M + 2)`` make every column a candidate. ``u``
-   depends on the scores only.
+   depends on the scores only. *Broad rows*, where at least ``M + 2`` chunk maxima lie
+   within ``4ε`` of the row's largest score (ε large against the spread of the top scores,
+   e.g. N(0, 1) scores with ε >= 0.3), skip this search: see the last point of step 3.
 2. Per draw, the candidates' noise is drawn in full; ``T`` = the k-th largest perturbed
    candidate, kept with the k largest perturbed values seen so far (a sorted buffer, in
    torch.topk's order: the smaller column first among equal values).
@@ -43,6 +45,10 @@ Algorithm, per row (rows in parallel, each with its own random stream):
      buckets of width ``ε/8`` below ``u`` (a counting sort, once per row): the bound of a
      bucket is ``q >= Φ̄((T − top of the bucket)/ε)``, close to every ``p_j`` in it, and the high
      buckets, visited first, raise ``T`` early.
+   * A broad row is ordered so from the outset, every class by buckets of width ``ε/8``
+     below the row's largest score (128 buckets, so that the open-ended last one stays
+     light); per draw, the first ``k + 24`` classes of that order play the candidates' part
+     (step 2) and the rest of the order is revealed as above.
 4. A non-candidate never proposed, or rejected, has ``x_j + εZ_j <= T`` for the ``T`` of its
    trial, which only rises; at least ``k`` revealed entries are ``>= T``. So the k largest
    of the row are the k largest revealed entries, and their k-th is the answer.
@@ -55,7 +61,8 @@ in float64 and returned in the dtype of ``x``. Rows holding a NaN or an infinity
 in full, with :func:`torch.topk`'s order (NaN above everything).
 
 Cost per row: one read of the row (plus a counting sort only when the common bound is too
-loose), a Gaussian per candidate and draw, and ``O(proposals)`` work per draw. Memory:
+loose, or the row is broad), a Gaussian per candidate and draw, and ``O(proposals)`` work
+per draw. Memory:
 ``O(C)`` scratch per thread; nothing of size ``B·R·C``.
 
 Random numbers: SplitMix64 (Steele, Lea, Flood, OOPSLA 2014) streams, one per row, keyed by
@@ -103,6 +110,14 @@ _N_BUCKETS = 64
 #: Order the row in buckets when the common bound would propose more than this fraction
 #: of the row (a proposal costs some 50 ns, the counting sort some 3 ns a class).
 _SORT_FRACTION = 1.0 / 32.0
+#: Broad rows (many classes within ``_BROAD_SPREAD·ε`` of the row's largest score: at least
+#: ``M + 2`` chunk maxima) are ordered by buckets from the outset, without the candidate
+#: search, and their first ``k + _BROAD_FULL`` classes in that order are drawn in full.
+_BROAD_SPREAD = 4.0
+_BROAD_FULL = 24
+#: Buckets of a broad row's order, below its largest score: twice as many as ``u`` needs, so
+#: that the open-ended last one stays light (a heavy bucket serialises the counting sort).
+_BROAD_BUCKETS = 2 * _N_BUCKETS
 
 # Re-association only (no assumption about NaN or infinities): lets the chunk maxima of
 # the candidate search vectorise.
@@ -149,13 +164,50 @@ def _uniform(state):
 
 
 @njit(inline="always", **_JIT)
+def _rectangle(bits):
+    """The ziggurat's first step from 64 random bits (layer from 8, sign from 1, abscissa
+    from 53): ``(z, i, sign)``, ``z`` accepted when ``z < x_{i+1}`` (inside the layer's
+    rectangle under the curve)."""
+    i = int(bits & _BYTE)
+    sign = 1.0 - 2.0 * float((bits >> _S8) & _BIT)
+    return float(bits >> _S11) * _TWO_M53 * _ZIG_X[i], i, sign
+
+
+@njit(inline="always", **_JIT)
 def _normal(state):
-    """A N(0, 1) draw: the ziggurat (layer from 8 bits, sign from 1, abscissa from 53)."""
+    """A N(0, 1) draw: the 256-layer ziggurat."""
+    state, bits = _bits(state)
+    return _normal_from(state, bits)
+
+
+@njit(**_JIT)
+def _normals(state, out, bits):
+    """``out[:]`` = N(0, 1) draws (``bits``: scratch of the same length): the first step of
+    every draw from consecutive outputs of the stream, in a loop that vectorises, then the
+    rare draws that leave their rectangle finished one by one (:func:`_normal_from`)."""
+    n = out.shape[0]
+    for i in range(n):  # SplitMix64's next n outputs
+        bits[i] = _mix(state + np.uint64(i + 1) * _GAMMA)
+    state = state + np.uint64(n) * _GAMMA
+    rest = 0
+    for i in range(n):
+        z, layer, sign = _rectangle(bits[i])
+        inside = z < _ZIG_X[layer + 1]
+        out[i] = sign * z if inside else np.nan
+        rest += not inside
+    if rest > 0:
+        for i in range(n):
+            if out[i] != out[i]:
+                state, out[i] = _normal_from(state, bits[i])
+    return state
+
+
+@njit(inline="always", **_JIT)
+def _normal_from(state, bits):
+    """The ziggurat's draw whose first 64 bits are ``bits`` (more from the stream when it
+    needs them)."""
     while True:
-        state, bits = _bits(state)
-        i = int(bits & _BYTE)
-        sign = 1.0 if (bits >> _S8) & _BIT else -1.0
-        z = float(bits >> _S11) * _TWO_M53 * _ZIG_X[i]
+        z, i, sign = _rectangle(bits)
         if z < _ZIG_X[i + 1]:  # inside the layer's rectangle under the curve
             return state, sign * z
         if i == 0:  # the tail beyond r (Marsaglia, 1964)
@@ -168,6 +220,7 @@ def _normal(state):
         state, u = _uniform(state)
         if _ZIG_F[i] + u * (_ZIG_F[i + 1] - _ZIG_F[i]) < math.exp(-0.5 * z * z):
             return state, sign * z
+        state, bits = _bits(state)  # rejected: a new draw
 
 
 @njit(**_JIT)
@@ -342,17 +395,11 @@ def _smallest(tops):
 
 
 @njit(inline="always", **_JIT)
-def _threshold(tops, k, m, eps, select):
-    """``u`` from the chunk maxima ``tops`` (more than ``m + 1``, no NaN): at least
-    ``k + 1`` of them reach it, and at most ``m + 1`` unless ties force more.
-
-    The largest maximum ``_GAP·ε`` below the k-th largest, when at most ``m + 1`` maxima
-    reach it; else the lowest value that at most ``m + 1`` maxima reach, found by bisection
-    between it and the (k+1)-th largest. Only the ``k + 1`` largest are selected one by one
-    (``select``: scratch of ``k + 1``); the rest are vectorised passes."""
+def _select_largest(tops, k, select):
+    """``select[:k + 1]`` = the ``k + 1`` largest entries of ``tops`` (no NaN), descending."""
     for i in range(k + 1):
         select[i] = -np.inf
-    for c in range(tops.shape[0]):  # the k+1 largest, descending
+    for c in range(tops.shape[0]):
         v = float(tops[c])
         if v > select[k]:
             i = k
@@ -360,6 +407,17 @@ def _threshold(tops, k, m, eps, select):
                 select[i] = select[i - 1]
                 i -= 1
             select[i] = v
+
+
+@njit(inline="always", **_JIT)
+def _threshold(tops, k, m, eps, select):
+    """``u`` from the chunk maxima ``tops`` (more than ``m + 1``, no NaN; ``select``: their
+    ``k + 1`` largest, :func:`_select_largest`): at least ``k + 1`` of them reach it, and
+    at most ``m + 1`` unless ties force more.
+
+    The largest maximum ``_GAP·ε`` below the k-th largest, when at most ``m + 1`` maxima
+    reach it; else the lowest value that at most ``m + 1`` maxima reach, found by bisection
+    between it and the (k+1)-th largest (vectorised passes)."""
     u = _largest_below(tops, select[k - 1] - _GAP * eps)  # at most the (k+1)-th
     if _count_from(tops, u) <= m + 1:
         return u
@@ -377,20 +435,36 @@ def _threshold(tops, k, m, eps, select):
     return hi
 
 
+@njit(**_JIT)
+def _largest_from(row, start):
+    """The largest entry of ``row[start:]`` (−∞ when empty), NaN when it holds a NaN or an
+    infinity."""
+    top = -np.inf
+    check = 0.0  # NaN iff a NaN or an infinity
+    for j in range(start, row.shape[0]):
+        v = float(row[j])
+        top = max(top, v)
+        check += v * 0.0
+    return top + check
+
+
 @njit(inline="always", **_JIT)
 def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select):
     """Step 1: the candidates are the columns with ``x_j >= u``, at least ``k + 1`` of
     them, listed in ``cand_col`` and ``cand_x`` (by decreasing score when there are at most
     ``_SORTED_CANDIDATES``).
-    Returns ``(count, u, finite)``; ``finite`` is False when the row holds a NaN or an
+    Returns ``(count, u, finite)``; ``finite`` is False when a short row holds a NaN or an
     infinity (then nothing else is meaningful).
 
     ``u`` comes from the chunk maxima (chunks of 16 strided columns, :func:`_chunk_tops`;
-    :func:`_threshold`): at least ``k + 1`` of them reach it, so at least as many entries,
-    and only the chunks whose maximum reaches it are read entry by entry. It lies
-    ``_GAP·ε`` below the k-th largest maximum when few maxima reach that (then an
-    exceedance over the candidates is rare). Rows of fewer than ``16 (m + 2)`` entries
-    make every column a candidate (``u = −∞``). ``u`` depends on the scores only."""
+    :func:`_threshold`), which the caller puts in ``tops[:⌊C/16⌋]``, with their ``k + 1``
+    largest in ``select``, when there are more than ``m + 1`` chunks (the row then known to
+    be finite): at least ``k + 1`` of them reach
+    it, so at least as many entries, and only the chunks whose maximum reaches it are read
+    entry by entry. It lies ``_GAP·ε`` below the k-th largest maximum when few maxima reach
+    that (then an exceedance over the candidates is rare). Rows of fewer than
+    ``16 (m + 2)`` entries make every column a candidate (``u = −∞``). ``u`` depends on
+    the scores only."""
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
     if n_chunks <= m + 1:
@@ -405,9 +479,6 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select):
         count, u = cols, -np.inf
     else:
         tops = tops[:n_chunks]
-        _chunk_tops(row, tops)
-        if not _all_numbers(tops):  # a NaN or an infinity in the row
-            return 0, np.nan, False
         u = _threshold(tops, k, m, eps, select)
         reached = 0  # the chunks whose maximum reaches u, listed without branches
         for c in range(n_chunks):
@@ -420,15 +491,11 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select):
                 cand_col[count] = j
                 cand_x[count] = v
                 count += v >= u
-        finite = True
         for j in range(_CHUNK * n_chunks, cols):
             v = float(row[j])
-            finite = finite and (v - v == 0.0)
             cand_col[count] = j
             cand_x[count] = v
             count += v >= u
-        if not finite:
-            return 0, np.nan, False
     if count > _SORTED_CANDIDATES:
         return count, u, True
     for i in range(1, count):  # by decreasing score: the draws' order is then predictable
@@ -468,21 +535,22 @@ def _dense_row(row, k, eps, n_samples, state, perturbed, r, given, top_val, top_
 
 
 @njit(fastmath=_REASSOC, **_JIT)
-def _bucket_ids(row, u, inv, last, bucket):
-    """``bucket[j] = min(⌊(u − x_j)·inv⌋, last)`` for ``x_j < u``, ``last + 1`` for the
-    candidates (``x_j >= u``); vectorised."""
+def _bucket_ids(row, u, inv, last, bucket, at_u):
+    """``bucket[j] = min(⌊(u − x_j)·inv⌋, last)`` for ``x_j < u`` (0 where the product
+    underflows), ``at_u`` for ``x_j >= u``; vectorised."""
     for j in range(row.shape[0]):
-        t = (u - float(row[j])) * inv
-        bucket[j] = np.int32(min(t, last)) if t > 0.0 else np.int32(last + 1.0)
+        v = float(row[j])
+        bucket[j] = np.int32(min((u - v) * inv, last)) if v < u else np.int32(at_u)
 
 
 @njit(**_JIT)
-def _bucket_order(row, u, width, order, bucket, starts):
-    """Counting sort of the non-candidates (``x_j < u``) by ``⌊(u − x_j)/width⌋``, capped
-    at the last bucket: bucket ``i`` in ``order[starts[i]:starts[i + 1]]``."""
+def _bucket_order(row, u, width, n_buckets, order, bucket, every):
+    """Counting sort of the non-candidates (``x_j < u``; ``every``: of every column, those
+    ``>= u`` in bucket 0) into ``order``, by their bucket ``bucket[j] =
+    ⌊(u − x_j)/width⌋``, capped at the last one (``n_buckets − 1``)."""
     cols = row.shape[0]
-    n_buckets = starts.shape[0] - 1
-    _bucket_ids(row, u, 1.0 / width, n_buckets - 1.0, bucket[:cols])
+    _bucket_ids(row, u, 1.0 / width, n_buckets - 1.0, bucket[:cols],
+                0.0 if every else float(n_buckets))
     counts = np.zeros((4, n_buckets + 1), dtype=np.int64)  # 4 histograms: no store stalls
     quad = cols // 4 * 4
     for j in range(0, quad, 4):
@@ -492,11 +560,10 @@ def _bucket_order(row, u, width, order, bucket, starts):
         counts[3, bucket[j + 3]] += 1
     for j in range(quad, cols):
         counts[0, bucket[j]] += 1
-    starts[0] = 0
-    fill = np.empty(n_buckets, dtype=np.int64)
-    for i in range(n_buckets):
-        fill[i] = starts[i]
-        starts[i + 1] = starts[i] + counts[0, i] + counts[1, i] + counts[2, i] + counts[3, i]
+    fill = np.empty(n_buckets, dtype=np.int64)  # where the next entry of each bucket goes
+    fill[0] = 0
+    for i in range(n_buckets - 1):
+        fill[i + 1] = fill[i] + counts[0, i] + counts[1, i] + counts[2, i] + counts[3, i]
     for j in range(cols):
         i = bucket[j]
         if i < n_buckets:
@@ -521,18 +588,17 @@ def _trial(state, xj, j, eps, q, top_val, top_col, k):
 
 
 @njit(**_JIT)
-def _reveal_buckets(state, row, order, starts, others, u, width, eps, top_val, top_col, k):
-    """Step 3 over the non-candidates ordered by buckets of decreasing scores: the bound of
-    the bucket at the current position, recomputed when the bucket changes or ``T`` rises."""
-    pos = 0
-    level = 0
+def _reveal_buckets(state, row, order, bucket, others, u, width, eps, top_val, top_col, k,
+                    pos):
+    """Step 3 over ``order[pos:others]``, classes ordered by buckets of decreasing scores
+    (``bucket[j]``: the bucket of column ``j``): the bound of the bucket at the current
+    position, recomputed when the bucket changes or ``T`` rises."""
+    level = -1
     stale = True
     q = log_fail = 0.0
-    while True:
-        while level < _N_BUCKETS - 1 and starts[level + 1] <= pos:
-            level += 1
-            stale = True
-        if stale:  # every non-candidate from pos on has x_j <= u − level·width
+    while pos < others:
+        if stale or bucket[order[pos]] != level:
+            level = bucket[order[pos]]  # every class from pos on has x_j <= u − level·width
             hi = u - level * width * (1.0 - 1e-9)  # float slack: q >= p_j
             q, log_fail = _tail_bound((top_val[k - 1] - hi) / eps)
             stale = False
@@ -543,6 +609,7 @@ def _reveal_buckets(state, row, order, starts, others, u, width, eps, top_val, t
         j = order[pos]
         pos += 1
         state, stale = _trial(state, float(row[j]), j, eps, q, top_val, top_col, k)
+    return state
 
 
 @njit(**_JIT)
@@ -565,10 +632,67 @@ def _reveal_columns(state, row, u, eps, top_val, top_col, k, q, log_fail, gap):
 
 
 @njit(inline="always", **_JIT)
-def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
-         top_col, select, cand_col, cand_x, cand_v, order, bucket, starts, tops, chosen):
+def _is_broad(tops, top, m, eps):
+    """Whether at least ``m + 2`` of the chunk maxima ``tops`` lie within
+    ``_BROAD_SPREAD·ε`` of the row's largest score ``top`` (vectorised)."""
+    return _count_from(tops, top - _BROAD_SPREAD * eps) >= m + 2
+
+
+@njit(**_JIT)
+def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val, out_col,
+               top_val, top_col, order, bucket, noise, noise_bits):
+    """A broad row (see ``_BROAD_SPREAD``): every class ordered by buckets of width
+    ``ε/8`` below the row's largest score ``top``; per draw, the first
+    ``k + _BROAD_FULL`` classes of the order drawn in full, the others revealed lazily
+    (:func:`_reveal_buckets`; on given draws, each trial read from them)."""
     cols = row.shape[0]
-    count, u, finite = _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select)
+    width = eps * _BUCKET_WIDTH
+    _bucket_order(row, top, width, _BROAD_BUCKETS, order, bucket, True)
+    full = min(k + _BROAD_FULL, cols)
+    for b in range(n_samples):
+        for i in range(k):
+            top_val[i] = -np.inf
+            top_col[i] = cols  # below every entry in torch.topk's order
+        if not given:
+            state = _normals(state, noise[:full], noise_bits[:full])
+        for i in range(full):
+            j = order[i]
+            v = float(perturbed[b, r, j]) if given else float(row[j]) + eps * noise[i]
+            if _beats(v, j, top_val[k - 1], top_col[k - 1]):
+                _insert(top_val, top_col, k, v, j)
+        if given:
+            for i in range(full, cols):
+                j = order[i]
+                v = float(perturbed[b, r, j])
+                if _beats(v, j, top_val[k - 1], top_col[k - 1]):
+                    _insert(top_val, top_col, k, v, j)
+        else:
+            state = _reveal_buckets(state, row, order, bucket, cols, top, width, eps,
+                                    top_val, top_col, k, full)
+        out_val[b] = top_val[k - 1]
+        out_col[b] = top_col[k - 1]
+
+
+@njit(inline="always", **_JIT)
+def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
+         top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket, tops, chosen):
+    cols = row.shape[0]
+    n_chunks = cols // _CHUNK
+    finite = True
+    if n_chunks > m + 1:  # the chunk maxima (step 1), which also tell a broad row
+        _chunk_tops(row, tops[:n_chunks])
+        rest = _largest_from(row, _CHUNK * n_chunks)  # the columns after the chunks
+        finite = _all_numbers(tops[:n_chunks]) and rest == rest
+        if finite:
+            _select_largest(tops[:n_chunks], k, select)
+            top = max(select[0], rest)
+            if _is_broad(tops[:n_chunks], top, m, eps):
+                _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given,
+                           out_val, out_col, top_val, top_col, order, bucket, cand_v,
+                           noise_bits)
+                return
+    if finite:
+        count, u, finite = _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select)
     if not finite:
         _dense_row(row, k, eps, n_samples, state, perturbed, r, given, top_val, top_col,
                    out_val, out_col)
@@ -578,12 +702,13 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
     width = eps * _BUCKET_WIDTH  # of the buckets ordering the non-candidates
     for b in range(n_samples):
         # 2. the candidates in full (count >= k): the first k fill the buffer
-        for i in range(count):
-            if given:
+        if given:
+            for i in range(count):
                 cand_v[i] = float(perturbed[b, r, cand_col[i]])
-            else:
-                state, z = _normal(state)
-                cand_v[i] = cand_x[i] + eps * z
+        else:
+            state = _normals(state, cand_v[:count], noise_bits[:count])
+            for i in range(count):
+                cand_v[i] = cand_x[i] + eps * cand_v[i]
         for i in range(k):
             _insert(top_val, top_col, i + 1, cand_v[i], cand_col[i])
         for i in range(k, count):
@@ -600,11 +725,11 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
         else:  # 3. the other classes, revealed lazily
             q, log_fail = _tail_bound((top_val[k - 1] - u) / eps)
             if not sorted_ and q * others > _SORT_FRACTION * cols + 8.0:
-                _bucket_order(row, u, width, order, bucket, starts)
+                _bucket_order(row, u, width, _N_BUCKETS, order, bucket, False)
                 sorted_ = True
             if sorted_:
-                state = _reveal_buckets(state, row, order, starts, others, u, width, eps,
-                                        top_val, top_col, k)
+                state = _reveal_buckets(state, row, order, bucket, others, u, width, eps,
+                                        top_val, top_col, k, 0)
             else:  # usually no proposal at all: the first gap passes the end of the row
                 state, gap = _geometric(state, q, log_fail, cols)
                 if gap < cols:
@@ -626,16 +751,16 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     cand_col = np.empty(cols, dtype=np.int64)
     cand_x = np.empty(cols, dtype=np.float64)
     cand_v = np.empty(cols, dtype=np.float64)
+    noise_bits = np.empty(cols, dtype=np.uint64)
     order = np.empty(cols, dtype=np.int64)
     bucket = np.empty(cols, dtype=np.int32)
-    starts = np.empty(_N_BUCKETS + 1, dtype=np.int64)
     tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
     chosen = np.empty(cols // _CHUNK + 1, dtype=np.int64)
     for r in range(block * rows // n_blocks, (block + 1) * rows // n_blocks):
         state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
         _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r], out_col[r],
-             top_val, top_col, select, cand_col, cand_x, cand_v, order, bucket, starts, tops,
-             chosen)
+             top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket,
+             tops, chosen)
 
 
 @njit(**_JIT)
