@@ -459,12 +459,11 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select):
     ``u`` comes from the chunk maxima (chunks of 16 strided columns, :func:`_chunk_tops`;
     :func:`_threshold`), which the caller puts in ``tops[:⌊C/16⌋]``, with their ``k + 1``
     largest in ``select``, when there are more than ``m + 1`` chunks (the row then known to
-    be finite): at least ``k + 1`` of them reach
-    it, so at least as many entries, and only the chunks whose maximum reaches it are read
-    entry by entry. It lies ``_GAP·ε`` below the k-th largest maximum when few maxima reach
-    that (then an exceedance over the candidates is rare). Rows of fewer than
-    ``16 (m + 2)`` entries make every column a candidate (``u = −∞``). ``u`` depends on
-    the scores only."""
+    be finite): at least ``k + 1`` of them reach it, so at least as many entries, and only
+    the chunks whose maximum reaches it are read entry by entry. It lies ``_GAP·ε`` below
+    the k-th largest maximum when few maxima reach that (then an exceedance over the
+    candidates is rare). Rows of fewer than ``16 (m + 2)`` entries make every column a
+    candidate (``u = −∞``). ``u`` depends on the scores only."""
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
     if n_chunks <= m + 1:
@@ -655,18 +654,12 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
             top_col[i] = cols  # below every entry in torch.topk's order
         if not given:
             state = _normals(state, noise[:full], noise_bits[:full])
-        for i in range(full):
+        for i in range(cols if given else full):  # given: every trial read from the draws
             j = order[i]
             v = float(perturbed[b, r, j]) if given else float(row[j]) + eps * noise[i]
             if _beats(v, j, top_val[k - 1], top_col[k - 1]):
                 _insert(top_val, top_col, k, v, j)
-        if given:
-            for i in range(full, cols):
-                j = order[i]
-                v = float(perturbed[b, r, j])
-                if _beats(v, j, top_val[k - 1], top_col[k - 1]):
-                    _insert(top_val, top_col, k, v, j)
-        else:
+        if not given:
             state = _reveal_buckets(state, row, order, bucket, cols, top, width, eps,
                                     top_val, top_col, k, full)
         out_val[b] = top_val[k - 1]
