@@ -62,8 +62,7 @@ in full, with :func:`torch.topk`'s order (NaN above everything).
 
 Cost per row: one read of the row (plus a counting sort only when the common bound is too
 loose, or the row is broad), a Gaussian per candidate and draw, and ``O(proposals)`` work
-per draw. Memory:
-``O(C)`` scratch per thread; nothing of size ``B·R·C``.
+per draw. Memory: ``O(C)`` scratch per thread; nothing of size ``B·R·C``.
 
 Random numbers: SplitMix64 (Steele, Lea, Flood, OOPSLA 2014) streams, one per row, keyed by
 a seed drawn from the caller's :class:`torch.Generator` and the row index, so results depend
