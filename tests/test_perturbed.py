@@ -285,6 +285,28 @@ def test_bucket_order_groups_the_columns_by_score(scores, epsilon, every):
             assert (bucket[row >= u] == n_buckets).all()  # the candidates: not listed
 
 
+@pytest.mark.parametrize("n", [6, 30, 48, 49, 100, 997])
+@pytest.mark.parametrize("k", [1, 6, 40])
+@pytest.mark.parametrize("values", ["normal", "ties", "ascending", "descending"])
+def test_select_many_gives_the_k_best_in_topk_order(n, k, values):
+    """The k best of n entries, past the floor of the slices' maxima: the same entries and
+    order as a full sort by (value descending, column ascending), with ties (many entries
+    equal to the floor) and monotone runs, where every slice maximum sits at one end of
+    its slice."""
+    k = min(k, n)  # 1 <= k <= n by contract
+    rng = np.random.default_rng(n * 100 + k)
+    vals = {"normal": rng.standard_normal(n), "ties": rng.integers(0, 3, n).astype(float),
+            "ascending": np.arange(n, dtype=float),
+            "descending": -np.arange(n, dtype=float)}[values]
+    cols = rng.permutation(10 * n)[:n].astype(np.int64)
+    top_val, top_col = np.empty(k), np.empty(k, np.int64)
+    perturbed_cpu._select_many(vals.copy(), cols, n, k, top_val, top_col,
+                              np.empty(n, np.int64))
+    best = sorted(range(n), key=lambda i: (-vals[i], cols[i]))[:k]
+    assert top_val.tolist() == [vals[i] for i in best]
+    assert top_col.tolist() == [cols[i] for i in best]
+
+
 def test_batched_gaussians_have_the_normal_law():
     """``_normals`` (first steps vectorised, rare draws finished one by one): mean,
     variance and tail frequencies of 400 000 draws within 4 s.e., and independent of the

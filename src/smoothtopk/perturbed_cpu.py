@@ -20,7 +20,9 @@ Algorithm, per row (rows in parallel, each with its own random stream):
    e.g. N(0, 1) scores with ε >= 0.3), skip this search: see the last point of step 3.
 2. Per draw, the candidates' noise is drawn in full; ``T`` = the k-th largest perturbed
    candidate, kept with the k largest perturbed values seen so far (a sorted buffer, in
-   torch.topk's order: the smaller column first among equal values).
+   torch.topk's order: the smaller column first among equal values). Beyond 48
+   candidates, only those reaching a floor enter the buffer: the smallest of the maxima
+   of ``k`` slices of the draws, which at least ``k`` of them reach.
 3. *Revealing the others lazily*: a non-candidate ``j`` changes the k largest only if
    ``x_j + εZ_j > T``, an event of probability ``p_j = Φ̄((T − x_j)/ε)`` independent of
    everything drawn so far. The non-candidates are visited in a fixed order (depending on
@@ -334,6 +336,39 @@ def _insert(top_val, top_col, k, v, j):
     top_col[i] = j
 
 
+@njit(fastmath=_REASSOC, **_JIT)
+def _largest(vals, lo, hi):
+    """The largest of ``vals[lo:hi]`` (vectorised)."""
+    best = -np.inf
+    for i in range(lo, hi):
+        best = max(best, vals[i])
+    return best
+
+
+@njit(**_JIT)
+def _select_many(vals, cols, n, k, top_val, top_col, picked):
+    """``top_val[:k]``, ``top_col[:k]`` = the ``k`` best of the ``n >= k`` entries
+    ``(vals[i], cols[i])`` in torch.topk's order of finite values, for many entries: only
+    those that reach a floor are inserted, the smallest of the maxima of ``k`` slices of
+    the entries, which at least ``k`` entries reach (the floor and the list of those
+    entries are vectorised, without a branch per entry; ``picked``: scratch of ``n``
+    columns)."""
+    floor = np.inf
+    for s in range(k):
+        floor = min(floor, _largest(vals, s * n // k, (s + 1) * n // k))
+    for i in range(k):
+        top_val[i] = -np.inf
+        top_col[i] = np.iinfo(np.int64).max  # below every entry in torch.topk's order
+    kept = 0
+    for i in range(n):
+        picked[kept] = i
+        kept += vals[i] >= floor
+    for t in range(kept):
+        i = picked[t]
+        if _beats(vals[i], cols[i], top_val[k - 1], top_col[k - 1]):
+            _insert(top_val, top_col, k, vals[i], cols[i])
+
+
 @njit(inline="always", **_JIT)
 def _above(a, b):
     """torch.topk's order: NaN above everything, then the usual order."""
@@ -363,6 +398,7 @@ def _all_numbers(tops):
     for c in range(tops.shape[0]):
         bad += tops[c] != tops[c]
     return bad == 0
+
 
 
 @njit(fastmath=_REASSOC, **_JIT)
@@ -667,7 +703,8 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
 
 @njit(inline="always", **_JIT)
 def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
-         top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket, tops, chosen):
+         top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket, tops, chosen,
+         picked):
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
     finite = True
@@ -701,12 +738,15 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
             state = _normals(state, cand_v[:count], noise_bits[:count])
             for i in range(count):
                 cand_v[i] = cand_x[i] + eps * cand_v[i]
-        for i in range(k):
-            _insert(top_val, top_col, i + 1, cand_v[i], cand_col[i])
-        for i in range(k, count):
-            v, j = cand_v[i], cand_col[i]
-            if _beats(v, j, top_val[k - 1], top_col[k - 1]):
-                _insert(top_val, top_col, k, v, j)
+        if count > _SORTED_CANDIDATES:
+            _select_many(cand_v, cand_col, count, k, top_val, top_col, picked)
+        else:  # by decreasing score: few insertions
+            for i in range(k):
+                _insert(top_val, top_col, i + 1, cand_v[i], cand_col[i])
+            for i in range(k, count):
+                v, j = cand_v[i], cand_col[i]
+                if _beats(v, j, top_val[k - 1], top_col[k - 1]):
+                    _insert(top_val, top_col, k, v, j)
         if others == 0:
             pass
         elif given:  # 3. on given draws: each trial Z_j > (T − x_j)/ε read from them
@@ -748,11 +788,12 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     bucket = np.empty(cols, dtype=np.int32)
     tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
     chosen = np.empty(cols // _CHUNK + 1, dtype=np.int64)
+    picked = np.empty(cols, dtype=np.int64)
     for r in range(block * rows // n_blocks, (block + 1) * rows // n_blocks):
         state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
         _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r], out_col[r],
              top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket,
-             tops, chosen)
+             tops, chosen, picked)
 
 
 @njit(**_JIT)
