@@ -75,6 +75,28 @@ def test_equals_reference_given_noise_huge_c(sampler, epsilon):
     assert_same_or_tied(x, noise, epsilon, got[1], ref[1])
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("epsilon", [0.1, 1.0])
+@pytest.mark.parametrize("cols", [300, 5000])
+def test_equals_reference_on_non_finite_given_noise(sampler, epsilon, cols):
+    """Given draws holding NaN or infinities on finite scores (the candidates' path, the
+    broad rows' path, many candidates): the reference's order, NaN above everything."""
+    gen = torch.Generator().manual_seed(cols)
+    x = adversarial("peaked" if epsilon < 1 else "normal", 4, cols, gen)
+    noise = torch.randn(6, 4, cols, generator=gen)
+    best = x.argmax(1)
+    noise[0, 0, 7] = math.nan  # a class far from the top: a NaN still enters the top-k
+    noise[1, 0, best[0]] = math.nan  # the top class
+    noise[2, 1, : cols // 2] = math.nan  # more NaN than k
+    noise[3, 2] = math.nan  # a whole draw
+    noise[4, 2, 3] = math.inf
+    noise[5, 3, ::2] = -math.inf
+    values, indices = SAMPLERS[sampler](x, 6, epsilon, 6, noise=noise)
+    ref_values, ref_indices = _perturbed_kth_reference(x, 6, epsilon, 6, None, noise)
+    torch.testing.assert_close(values, ref_values, rtol=0, atol=0, equal_nan=True)
+    assert_same_or_tied(x, noise, epsilon, indices, ref_indices)  # among NaN: any NaN
+
+
 _LAW_CASES = [
     ("normal", 200, 3, 0.3, 3),  # many exceedances over the candidates
     ("normal", 200, 6, 1.0, None),

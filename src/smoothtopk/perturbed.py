@@ -273,6 +273,8 @@ def _sample_torch(
     few = cols <= 2 * m or n_samples * rows * cols <= _DENSE_DRAWS
     if noise is None and (few or _noise_dominates(x2d, epsilon)):
         m = k - 1  # draw all: few draws in all, or most classes would be exceedances
+    elif noise is not None and not bool(noise.isfinite().all()):
+        m = k - 1  # given NaN or infinities: the definition's order (NaN above everything)
     if m < k:
         if noise is not None:
             values, indices = _dense(x2d, k, epsilon, noise)

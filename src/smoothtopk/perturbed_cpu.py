@@ -59,8 +59,9 @@ Exactness: every step samples the exact conditional law of the ``C`` perturbed s
 given what was revealed before, so (value, column) have the reference's law; **no class is
 pruned**, there is no error bound to state beyond floating point: probabilities below
 ~1e-308 (``Φ̄`` underflows beyond 38 standard deviations) count as 0. Values are computed
-in float64 and returned in the dtype of ``x``. Rows holding a NaN or an infinity are drawn
-in full, with :func:`torch.topk`'s order (NaN above everything).
+in float64 and returned in the dtype of ``x``. Rows holding a NaN or an infinity (in ``x``,
+or in given draws) are drawn in full, with :func:`torch.topk`'s order (NaN above
+everything).
 
 Cost per row: one read of the row (plus a counting sort only when the common bound is too
 loose, or the row is broad), a Gaussian per candidate and draw, and ``O(proposals)`` work
@@ -400,6 +401,15 @@ def _all_numbers(tops):
     return bad == 0
 
 
+@njit(fastmath=_REASSOC, **_JIT)
+def _draws_finite(perturbed, r):
+    """Whether the given draws of row ``r`` hold no NaN and no infinity (vectorised)."""
+    check = 0.0  # NaN iff a NaN or an infinity
+    for b in range(perturbed.shape[0]):
+        for j in range(perturbed.shape[2]):
+            check += perturbed[b, r, j] * 0
+    return check == 0.0
+
 
 @njit(fastmath=_REASSOC, **_JIT)
 def _count_from(tops, u):
@@ -707,8 +717,8 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
          picked):
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
-    finite = True
-    if n_chunks > m + 1:  # the chunk maxima (step 1), which also tell a broad row
+    finite = not given or _draws_finite(perturbed, r)  # else the reference's order
+    if finite and n_chunks > m + 1:  # the chunk maxima (step 1), which also tell a broad row
         _chunk_tops(row, tops[:n_chunks])
         rest = _largest_from(row, _CHUNK * n_chunks)  # the columns after the chunks
         finite = _all_numbers(tops[:n_chunks]) and rest == rest
