@@ -1,17 +1,80 @@
-"""Shared numba settings of the compiled CPU kernels."""
+"""Shared numba settings of the compiled CPU kernels, and the launch of their parallel
+versions.
+
+Threading layer (unless ``NUMBA_THREADING_LAYER`` chooses one): on Linux, numba's OpenMP
+layer first. torch's CPU build runs on GNU OpenMP too, and when both load the same runtime
+the kernels' threads are torch's own: torch's workers, which keep spinning for a while
+after each torch operation, pick up the kernel's rows at once. numba's own work queue
+competes with those spinning workers for the cores, and inside a loss (torch operations
+right before the kernel) a 2-thread kernel measured no faster than 1 thread on a 2-core
+machine. The work queue stays the fallback (and the layer elsewhere: macOS and Windows
+builds of torch use other OpenMP runtimes, which must not be loaded twice).
+
+:func:`parallel_threads` makes either layer safe to use from a library:
+
+- the work queue aborts the process when two Python threads launch kernels at once: one
+  launch at a time, the others run the serial kernel;
+- numba terminates a forked child that launches GNU OpenMP kernels after its parent did:
+  such a child runs the serial kernels;
+- numba's OpenMP layer sets the OpenMP thread count when it starts, which is torch's:
+  torch's count is put back.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
+from collections.abc import Iterator
 
 import numba
+import torch
 
 #: Options of every compiled function: cached on disk, numpy's error model (no Python
 #: exception checks in the arithmetic).
 JIT = {"cache": True, "error_model": "numpy"}
 
-# numba's OpenMP threading layer would share torch's OpenMP runtime and reset its thread
-# count; its own work queue touches nothing of torch's (set NUMBA_THREADING_LAYER to
-# choose another).
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    if sys.platform.startswith("linux"):
+        numba.config.THREADING_LAYER = "default"
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+    else:
+        numba.config.THREADING_LAYER = "workqueue"
+
+_LAUNCH = threading.Lock()
+_owner_pid = os.getpid()  # the process whose launches are known to be safe
+
+
+def _may_launch() -> bool:
+    """Whether this process may launch a parallel kernel (see the module docstring)."""
+    global _owner_pid
+    pid = os.getpid()
+    if pid == _owner_pid:
+        return True
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # not started before the fork: this process starts its own
+        _owner_pid = pid
+        return True
+    return layer != "omp"
+
+
+@contextlib.contextmanager
+def parallel_threads(requested: int) -> Iterator[int]:
+    """Threads for a kernel launched in this block: ``requested`` capped by numba's pool
+    (numba's count set to it), or 1 (the caller runs its serial kernel) when another
+    thread is launching one or a forked child must not; torch's thread count is the same
+    after the block as before."""
+    threads = max(1, min(requested, numba.config.NUMBA_NUM_THREADS))
+    if threads == 1 or not _may_launch() or not _LAUNCH.acquire(blocking=False):
+        yield 1
+        return
+    torch_threads = torch.get_num_threads()
+    try:
+        numba.set_num_threads(threads)
+        yield threads
+    finally:
+        _LAUNCH.release()
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)

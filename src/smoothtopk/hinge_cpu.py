@@ -17,11 +17,11 @@ or sum over the rows, added row by row in float64.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from smoothtopk._numba import JIT as _JIT
+from smoothtopk._numba import parallel_threads
 
 __all__ = ["hinge_forward", "hinge_grad", "weighted_row_sums"]
 
@@ -149,11 +149,11 @@ def hinge_grad(
     rows = indices.shape[0]
     out = np.empty((rows, num_classes), dtype=grad.dtype)
     masked = np.empty(rows, dtype=grad.dtype)
-    kernel = _rows_serial
-    if threads > 1 and rows > 1 and rows * num_classes >= _PARALLEL_ENTRIES:
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        kernel = _rows_parallel
-    kernel(grad, int(reduction == "none"), dtype(rows if reduction == "mean" else 1),
-           hinge, dtype(1.0 if scale is None else scale), dtype(1.0 / indices.shape[1]),
-           indices, target, out, masked)
+    if rows * num_classes < _PARALLEL_ENTRIES:
+        threads = 1
+    with parallel_threads(min(threads, rows)) as threads:
+        kernel = _rows_parallel if threads > 1 else _rows_serial
+        kernel(grad, int(reduction == "none"), dtype(rows if reduction == "mean" else 1),
+               hinge, dtype(1.0 if scale is None else scale), dtype(1.0 / indices.shape[1]),
+               indices, target, out, masked)
     return out, masked

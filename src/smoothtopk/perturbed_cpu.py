@@ -79,11 +79,11 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from smoothtopk._numba import JIT as _JIT
+from smoothtopk._numba import parallel_threads
 
 __all__ = ["kth_draws"]
 
@@ -840,11 +840,10 @@ def kth_draws(
         perturbed = np.empty((1, 1, 1), dtype=x.dtype)
     out_val = np.empty((rows, n_samples), dtype=np.float64)
     out_col = np.empty((rows, n_samples), dtype=np.int64)
-    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS, rows))
-    kernel, n_blocks = _rows_serial, 1
-    if threads > 1:
-        numba.set_num_threads(threads)
-        kernel, n_blocks = _rows_parallel, min(rows, 4 * threads)
-    kernel(x, k, float(epsilon), n_samples, max(int(n_candidates), k),
-          np.uint64(seed & (2**64 - 1)), perturbed, given, n_blocks, out_val, out_col)
+    with parallel_threads(min(threads, rows)) as threads:
+        kernel, n_blocks = _rows_serial, 1
+        if threads > 1:
+            kernel, n_blocks = _rows_parallel, min(rows, 4 * threads)
+        kernel(x, k, float(epsilon), n_samples, max(int(n_candidates), k),
+               np.uint64(seed & (2**64 - 1)), perturbed, given, n_blocks, out_val, out_col)
     return out_val.astype(x.dtype, copy=False), out_col
