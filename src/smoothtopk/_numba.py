@@ -7,8 +7,10 @@ the kernels' threads are torch's own: torch's workers, which keep spinning for a
 after each torch operation, pick up the kernel's rows at once. numba's own work queue
 competes with those spinning workers for the cores, and inside a loss (torch operations
 right before the kernel) a 2-thread kernel measured no faster than 1 thread on a 2-core
-machine. The work queue stays the fallback (and the layer elsewhere: macOS and Windows
-builds of torch use other OpenMP runtimes, which must not be loaded twice).
+machine. Where torch carries a renamed copy of GNU OpenMP, numba loads the system's and
+the two pools compete as before, the other points below still holding. The work queue
+stays the fallback (and the layer elsewhere: macOS and Windows builds of torch use other
+OpenMP runtimes, which must not be loaded twice).
 
 :func:`parallel_threads` makes either layer safe to use from a library:
 
