@@ -45,11 +45,11 @@ def test_concurrent_launches_from_python_threads(layer):
     out = _run("""
         import threading
         bad = []
-        def work(offset):
+        def work():
             for seed in range(8):
                 got = kernel(seed, 2)
                 bad.extend(s for s in range(2) if not np.array_equal(got[s], serial[seed][s]))
-        workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        workers = [threading.Thread(target=work) for _ in range(4)]
         for w in workers:
             w.start()
         for w in workers:
