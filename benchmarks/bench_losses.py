@@ -284,6 +284,10 @@ def main(argv: list[str] | None = None) -> str:
             fn = factory(setting)
             if fn is not None:
                 fns[name] = fn
+        if len(fns) == 1:  # the baseline alone: nothing to compare
+            parser.error(f"--only {args.only!r}: no contender matches it and runs on "
+                         f"{device} here; contenders: "
+                         f"{', '.join(n for n in CONTENDERS if n != BASELINE)}")
         scores, target = make_inputs(args.batch, c, args.regime, device)
         results[c] = time_contenders(fns, scores, target, args.repeats, args.min_time)
         print(f"C = {c}: done", file=sys.stderr, flush=True)
