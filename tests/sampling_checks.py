@@ -33,6 +33,22 @@ def adversarial(name: str, rows: int, cols: int, gen: torch.Generator) -> torch.
     raise ValueError(name)
 
 
+def non_finite_noise(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """6 standard-normal draws for the 4 rows of ``x`` holding NaN and infinities: NaN in a
+    class far from the top (it still enters the top-k), in the top class, in more entries
+    than k, in a whole draw; +inf in one entry, −inf in every other entry of a row."""
+    rows, cols = x.shape
+    assert rows == 4
+    noise = torch.randn(6, rows, cols, generator=gen)
+    noise[0, 0, 7] = math.nan
+    noise[1, 0, x[0].argmax()] = math.nan
+    noise[2, 1, : cols // 2] = math.nan
+    noise[3, 2] = math.nan
+    noise[4, 2, 3] = math.inf
+    noise[5, 3, ::2] = -math.inf
+    return noise
+
+
 def assert_same_or_tied(x, noise, epsilon, indices, ref_indices):
     """Same column, or (float32 rounding made the perturbed entries equal) an entry with
     the same perturbed value: torch.topk breaks such ties by position in its input."""

@@ -20,7 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from sampling_checks import Z_MAX, adversarial, assert_same_or_tied, two_sample_checks
+from sampling_checks import (
+    Z_MAX,
+    adversarial,
+    assert_same_or_tied,
+    non_finite_noise,
+    two_sample_checks,
+)
 from smoothtopk import ops, perturbed, perturbed_cpu
 from smoothtopk.functional import noised_topk_loss
 from smoothtopk.ops import _perturbed_kth_reference, smooth_kth_largest
@@ -83,14 +89,7 @@ def test_equals_reference_on_non_finite_given_noise(sampler, epsilon, cols):
     broad rows' path, many candidates): the reference's order, NaN above everything."""
     gen = torch.Generator().manual_seed(cols)
     x = adversarial("peaked" if epsilon < 1 else "normal", 4, cols, gen)
-    noise = torch.randn(6, 4, cols, generator=gen)
-    best = x.argmax(1)
-    noise[0, 0, 7] = math.nan  # a class far from the top: a NaN still enters the top-k
-    noise[1, 0, best[0]] = math.nan  # the top class
-    noise[2, 1, : cols // 2] = math.nan  # more NaN than k
-    noise[3, 2] = math.nan  # a whole draw
-    noise[4, 2, 3] = math.inf
-    noise[5, 3, ::2] = -math.inf
+    noise = non_finite_noise(x, gen)
     values, indices = SAMPLERS[sampler](x, 6, epsilon, 6, noise=noise)
     ref_values, ref_indices = _perturbed_kth_reference(x, 6, epsilon, 6, None, noise)
     torch.testing.assert_close(values, ref_values, rtol=0, atol=0, equal_nan=True)

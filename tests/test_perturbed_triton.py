@@ -27,7 +27,13 @@ if not ON_GPU:
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from sampling_checks import Z_MAX, adversarial, assert_same_or_tied, two_sample_checks  # noqa: E402
+from sampling_checks import (  # noqa: E402
+    Z_MAX,
+    adversarial,
+    assert_same_or_tied,
+    non_finite_noise,
+    two_sample_checks,
+)
 from smoothtopk import perturbed  # noqa: E402
 from smoothtopk import perturbed_triton as pt  # noqa: E402
 from smoothtopk.functional import imbalanced_noised_topk_loss, noised_topk_loss  # noqa: E402
@@ -62,15 +68,10 @@ def test_given_non_finite_draws_equal_reference(epsilon):
     """Given draws holding NaN or infinities on finite scores: NaN above everything."""
     gen = torch.Generator().manual_seed(3)
     x = adversarial("peaked" if epsilon < 1 else "normal", 4, 300, gen)
-    noise = torch.randn(4, 4, 300, generator=gen)
-    noise[0, 0, 7] = math.nan  # far from the top
-    noise[1, 1, :150] = math.nan  # more NaN than k
-    noise[2, 2] = math.nan  # a whole draw
-    noise[3, 3, ::2] = -math.inf
-    noise[3, 2, 5] = math.inf
+    noise = non_finite_noise(x, gen)
     xd, pd = _on(x, torch.add(x, noise, alpha=epsilon))
-    values, indices = pt.kth_draws(xd, 6, epsilon, 4, perturbed=pd)
-    ref_values, ref_indices = _perturbed_kth_reference(x, 6, epsilon, 4, None, noise)
+    values, indices = pt.kth_draws(xd, 6, epsilon, 6, perturbed=pd)
+    ref_values, ref_indices = _perturbed_kth_reference(x, 6, epsilon, 6, None, noise)
     torch.testing.assert_close(values.cpu(), ref_values, rtol=0, atol=0, equal_nan=True)
     assert_same_or_tied(x, noise, epsilon, indices.cpu(), ref_indices)
 
