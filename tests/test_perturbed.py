@@ -291,12 +291,13 @@ def test_bucket_order_groups_the_columns_by_score(scores, epsilon, every):
     width, n_buckets = epsilon * perturbed_cpu._BUCKET_WIDTH, 64
     for row in x:
         u = float(row.max()) if every else float(np.sort(row)[-15])
-        order, bucket = np.empty(700, np.int64), np.empty(700, np.int32)
-        perturbed_cpu._bucket_order(row, u, width, n_buckets, order, bucket, every)
+        order, bucket = np.empty(700, np.int64), np.empty(700, np.uint8)
+        tally = np.empty(5 * (n_buckets + 1), np.uint32)
+        perturbed_cpu._bucket_order(row, u, width, n_buckets, order, bucket, every, tally)
         listed = np.flatnonzero(row < u) if not every else np.arange(700)
         count = listed.size
         assert sorted(order[:count].tolist()) == listed.tolist()
-        ids = bucket[order[:count]]
+        ids = bucket[order[:count]].astype(np.int64)
         assert (np.diff(ids) >= 0).all() and ((ids >= 0) & (ids < n_buckets)).all()
         scores_in = row[order[:count]]
         assert (scores_in <= u - ids * width * (1 - 1e-9)).all()

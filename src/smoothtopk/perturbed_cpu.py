@@ -584,35 +584,44 @@ def _bucket_ids(row, u, inv, last, bucket, at_u):
     underflows), ``at_u`` for ``x_j >= u``; vectorised."""
     for j in range(row.shape[0]):
         v = float(row[j])
-        bucket[j] = np.int32(min((u - v) * inv, last)) if v < u else np.int32(at_u)
+        bucket[j] = np.uint8(min((u - v) * inv, last)) if v < u else np.uint8(at_u)
 
 
 @njit(**_JIT)
-def _bucket_order(row, u, width, n_buckets, order, bucket, every):
+def _bucket_order(row, u, width, n_buckets, order, bucket, every, tally):
     """Counting sort of the non-candidates (``x_j < u``; ``every``: of every column, those
     ``>= u`` in bucket 0) into ``order``, by their bucket ``bucket[j] =
-    ⌊(u − x_j)/width⌋``, capped at the last one (``n_buckets − 1``)."""
+    ⌊(u − x_j)/width⌋``, capped at the last one (``n_buckets − 1 < 255``).
+
+    ``bucket`` holds uint8 and ``tally`` (uint32 scratch of ``5 (n_buckets + 1)``) the
+    histograms and fill pointers: unsigned indices spare the check for negative ones that
+    numba puts on every signed index (the histogram and the scatter ran 1.5x to 2x faster
+    than with int32 ids and int64 counts)."""
     cols = row.shape[0]
     _bucket_ids(row, u, 1.0 / width, n_buckets - 1.0, bucket[:cols],
                 0.0 if every else float(n_buckets))
-    counts = np.zeros((4, n_buckets + 1), dtype=np.int64)  # 4 histograms: no store stalls
+    stride = n_buckets + 1
+    counts = tally[:4 * stride]  # 4 histograms: no store stalls
+    counts[:] = 0
     quad = cols // 4 * 4
     for j in range(0, quad, 4):
-        counts[0, bucket[j]] += 1
-        counts[1, bucket[j + 1]] += 1
-        counts[2, bucket[j + 2]] += 1
-        counts[3, bucket[j + 3]] += 1
+        counts[bucket[j]] += 1
+        counts[stride + bucket[j + 1]] += 1
+        counts[2 * stride + bucket[j + 2]] += 1
+        counts[3 * stride + bucket[j + 3]] += 1
     for j in range(quad, cols):
-        counts[0, bucket[j]] += 1
-    fill = np.empty(n_buckets, dtype=np.int64)  # where the next entry of each bucket goes
+        counts[bucket[j]] += 1
+    fill = tally[4 * stride:4 * stride + n_buckets]  # where the next entry of each bucket goes
     fill[0] = 0
     for i in range(n_buckets - 1):
-        fill[i + 1] = fill[i] + counts[0, i] + counts[1, i] + counts[2, i] + counts[3, i]
+        fill[i + 1] = (fill[i] + counts[i] + counts[stride + i] + counts[2 * stride + i]
+                       + counts[3 * stride + i])
     for j in range(cols):
         i = bucket[j]
         if i < n_buckets:
-            order[fill[i]] = j
-            fill[i] += 1
+            p = fill[i]
+            order[p] = j
+            fill[i] = p + np.uint32(1)
 
 
 @njit(inline="always", **_JIT)
@@ -684,14 +693,14 @@ def _is_broad(tops, top, m, eps):
 
 @njit(**_JIT)
 def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val, out_col,
-               top_val, top_col, order, bucket, noise, noise_bits):
+               top_val, top_col, order, bucket, noise, noise_bits, tally):
     """A broad row (see ``_BROAD_SPREAD``): every class ordered by buckets of width
     ``ε/8`` below the row's largest score ``top``; per draw, the first
     ``k + _BROAD_FULL`` classes of the order drawn in full, the others revealed lazily
     (:func:`_reveal_buckets`; on given draws, each trial read from them)."""
     cols = row.shape[0]
     width = eps * _BUCKET_WIDTH
-    _bucket_order(row, top, width, _BROAD_BUCKETS, order, bucket, True)
+    _bucket_order(row, top, width, _BROAD_BUCKETS, order, bucket, True, tally)
     full = min(k + _BROAD_FULL, cols)
     for b in range(n_samples):
         for i in range(k):
@@ -714,7 +723,7 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
 @njit(inline="always", **_JIT)
 def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
          top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket, tops, chosen,
-         picked):
+         picked, tally):
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
     finite = not given or _draws_finite(perturbed, r)  # else the reference's order
@@ -728,7 +737,7 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
             if _is_broad(tops[:n_chunks], top, m, eps):
                 _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given,
                            out_val, out_col, top_val, top_col, order, bucket, cand_v,
-                           noise_bits)
+                           noise_bits, tally)
                 return
     if finite:
         count, u, finite = _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select)
@@ -767,7 +776,7 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
         else:  # 3. the other classes, revealed lazily
             q, log_fail = _tail_bound((top_val[k - 1] - u) / eps)
             if not sorted_ and q * others > _SORT_FRACTION * cols + 8.0:
-                _bucket_order(row, u, width, _N_BUCKETS, order, bucket, False)
+                _bucket_order(row, u, width, _N_BUCKETS, order, bucket, False, tally)
                 sorted_ = True
             if sorted_:
                 state = _reveal_buckets(state, row, order, bucket, others, u, width, eps,
@@ -795,7 +804,8 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     cand_v = np.empty(cols, dtype=np.float64)
     noise_bits = np.empty(cols, dtype=np.uint64)
     order = np.empty(cols, dtype=np.int64)
-    bucket = np.empty(cols, dtype=np.int32)
+    bucket = np.empty(cols, dtype=np.uint8)
+    tally = np.empty(5 * (_BROAD_BUCKETS + 1), dtype=np.uint32)
     tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
     chosen = np.empty(cols // _CHUNK + 1, dtype=np.int64)
     picked = np.empty(cols, dtype=np.int64)
@@ -803,7 +813,7 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
         state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
         _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r], out_col[r],
              top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket,
-             tops, chosen, picked)
+             tops, chosen, picked, tally)
 
 
 @njit(**_JIT)
