@@ -244,7 +244,7 @@ def format_table(results: dict[int, dict[str, tuple[float, float]]]) -> str:
         cells = []
         for c in sizes:
             ratio, seconds = results[c][name]
-            cells.append(f"{ratio:.1f}x" if name != BASELINE
+            cells.append(f"{ratio:.2f}x" if name != BASELINE
                          else f"1x ({1e3 * seconds:.3g} ms)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
