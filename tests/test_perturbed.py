@@ -291,7 +291,7 @@ def test_bucket_order_groups_the_columns_by_score(scores, epsilon, every):
     width, n_buckets = epsilon * perturbed_cpu._BUCKET_WIDTH, 64
     for row in x:
         u = float(row.max()) if every else float(np.sort(row)[-15])
-        order, bucket = np.empty(700, np.int64), np.empty(700, np.uint8)
+        order, bucket = np.empty(700, np.uint32), np.empty(700, np.uint8)
         tally = np.empty(5 * (n_buckets + 1), np.uint32)
         perturbed_cpu._bucket_order(row, u, width, n_buckets, order, bucket, every, tally)
         listed = np.flatnonzero(row < u) if not every else np.arange(700)

@@ -593,10 +593,11 @@ def _bucket_order(row, u, width, n_buckets, order, bucket, every, tally):
     ``>= u`` in bucket 0) into ``order``, by their bucket ``bucket[j] =
     ⌊(u − x_j)/width⌋``, capped at the last one (``n_buckets − 1 < 255``).
 
-    ``bucket`` holds uint8 and ``tally`` (uint32 scratch of ``5 (n_buckets + 1)``) the
-    histograms and fill pointers: unsigned indices spare the check for negative ones that
-    numba puts on every signed index (the histogram and the scatter ran 1.5x to 2x faster
-    than with int32 ids and int64 counts)."""
+    ``bucket`` holds uint8, ``order`` uint32 columns and ``tally`` (uint32 scratch of
+    ``5 (n_buckets + 1)``) the histograms and fill pointers: unsigned indices spare the
+    check for negative ones that numba puts on every signed index (the histogram and the
+    scatter ran 1.5x to 2x faster than with int32 ids and int64 counts, and the columns
+    read from ``order`` index the row without it too)."""
     cols = row.shape[0]
     _bucket_ids(row, u, 1.0 / width, n_buckets - 1.0, bucket[:cols],
                 0.0 if every else float(n_buckets))
@@ -803,7 +804,7 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     cand_x = np.empty(cols, dtype=np.float64)
     cand_v = np.empty(cols, dtype=np.float64)
     noise_bits = np.empty(cols, dtype=np.uint64)
-    order = np.empty(cols, dtype=np.int64)
+    order = np.empty(cols, dtype=np.uint32)
     bucket = np.empty(cols, dtype=np.uint8)
     tally = np.empty(5 * (_BROAD_BUCKETS + 1), dtype=np.uint32)
     tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
