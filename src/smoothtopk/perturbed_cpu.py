@@ -119,6 +119,7 @@ _BROAD_SPREAD = 4.0
 _BROAD_FULL = 24
 #: Buckets of a broad row's order, below its largest score: twice as many as ``u`` needs, so
 #: that the open-ended last one stays light (a heavy bucket serialises the counting sort).
+#: Both counts stay below 255: bucket ids are uint8 (:func:`_bucket_order`).
 _BROAD_BUCKETS = 2 * _N_BUCKETS
 
 # Re-association only (no assumption about NaN or infinities): lets the chunk maxima of
