@@ -27,6 +27,7 @@ from sampling_checks import (
     non_finite_noise,
     two_sample_checks,
 )
+from smoothtopk import functional as STF
 from smoothtopk import ops, perturbed, perturbed_cpu
 from smoothtopk.functional import noised_topk_loss
 from smoothtopk.ops import _perturbed_kth_reference, smooth_kth_largest
@@ -588,6 +589,69 @@ def test_fused_hinge_per_row_margins(reduction):
         grads.append(m.grad)
     assert torch.equal(grads[0], grads[1])
     assert bool((grads[0] == 0).any()) and bool((grads[0] != 0).any())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("imbalanced", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_sampled_hinge_equals_sampler_then_fused_hinge(dtype, reduction, imbalanced, layout):
+    """cpu_noised_hinge_loss (draws and hinge in one node) == sample_perturbed_kth, then
+    noised_hinge, from the same generator state: loss and gradients of the scores and the
+    per-class margins bitwise, on contiguous and transposed (non-contiguous) scores."""
+    gen = torch.Generator().manual_seed(11)
+    n, c, b = 37, 300, 5
+    base = torch.randn(c, n, generator=gen, dtype=dtype).t()  # transposed: non-contiguous
+    scores = base.contiguous() if layout == "contiguous" else base
+    target = torch.randint(0, c, (n,), generator=gen)
+    target[1:4] = target[0]  # repeated labels: their margin gradients add up
+    margins = torch.rand(c, generator=gen, dtype=dtype)
+    scale = 60.0 if imbalanced else None
+    weights = (torch.rand(n, generator=gen, dtype=dtype) if reduction == "none"
+               else torch.tensor(0.7, dtype=dtype))
+    results = []
+    for fused in (True, False):
+        x = scores.detach().clone() if layout == "contiguous" else scores.detach().t().clone().t()
+        x.requires_grad_()
+        m = margins.clone().requires_grad_() if imbalanced else 0.4
+        draws = torch.Generator().manual_seed(12)
+        if fused:
+            loss = perturbed.cpu_noised_hinge_loss(x, target, 6, 0.8, b, draws, m, scale,
+                                                   reduction)
+        else:
+            values, indices = sample_perturbed_kth(x.detach(), 6, 0.8, b, draws)
+            loss = perturbed.noised_hinge(x, target, m, values, indices, scale, reduction,
+                                          per_class=imbalanced)
+        (loss * weights).sum().backward()
+        results.append((loss, x.grad, m.grad if imbalanced else None))
+    (loss1, grad1, margin1), (loss2, grad2, margin2) = results
+    assert torch.equal(loss1, loss2)
+    assert torch.equal(grad1, grad2)
+    assert bool((grad1 != 0).any())
+    if imbalanced:
+        assert torch.equal(margin1, margin2)
+
+
+@pytest.mark.parametrize("imbalanced", [False, True])
+def test_noised_losses_take_the_sampled_hinge_on_cpu(imbalanced, monkeypatch):
+    """On CPU float tensors without given noise, the noised losses run
+    cpu_noised_hinge_loss; with given noise, the sampler and noised_hinge."""
+    calls = []
+    real = perturbed._SampledNoisedHinge.apply
+    monkeypatch.setattr(perturbed._SampledNoisedHinge, "apply",
+                        lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(8, 20, requires_grad=True)
+    target = torch.randint(0, 20, (8,))
+
+    def loss(**kwargs):
+        if imbalanced:
+            return STF.imbalanced_noised_topk_loss(x, target, torch.rand(20), k=3, **kwargs)
+        return noised_topk_loss(x, target, k=3, **kwargs)
+
+    loss().backward()
+    assert calls == [1]
+    loss(noise=torch.randn(5, 8, 20)).backward()
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("threads", [1, 2])

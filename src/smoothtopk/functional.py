@@ -36,6 +36,8 @@ from smoothtopk.ops import (
     topk_sum,
 )
 from smoothtopk.perturbed import (
+    compiled_noised_hinge,
+    cpu_noised_hinge_loss,
     noised_hinge,
     sample_perturbed_kth,
     triton_noised_hinge_loss,
@@ -98,6 +100,9 @@ def _noised_hinge(
             if uses_triton(scores):
                 return triton_noised_hinge_loss(scores, target, k + 1, epsilon, n_samples,
                                                 generator, margins, scale, reduction)
+            if compiled_noised_hinge(scores, margins):
+                return cpu_noised_hinge_loss(scores, target, k + 1, epsilon, n_samples,
+                                             generator, margins, scale, reduction)
             values, indices = sample_perturbed_kth(scores, k + 1, epsilon, n_samples,
                                                    generator)
             return noised_hinge(scores, target, margins, values, indices, scale, reduction,

@@ -55,7 +55,9 @@ running top-k in registers.
 :func:`noised_hinge` fuses the noised top-K hinges of :mod:`smoothtopk.functional` with
 these draws into one autograd node, so that their backward writes a single ``(N, C)``
 gradient, as ``F.cross_entropy`` does; on CPU tensors its forward and backward are compiled
-passes (:mod:`smoothtopk.hinge_cpu`).
+passes (:mod:`smoothtopk.hinge_cpu`). On CPU float32 and float64 scores the losses call
+:func:`cpu_noised_hinge_loss`, whose node draws too (the same draws and results, with
+less work around the two compiled calls).
 
 Reference: the estimator is that of Berthet et al. (NeurIPS 2020) as used by Garcin et al.
 (ICML 2022); the sampling schemes (candidates, exceedances as Bernoulli trials under a
@@ -77,7 +79,8 @@ from torch.autograd.function import once_differentiable
 from smoothtopk import hinge_cpu, perturbed_cpu
 from smoothtopk._checks import check_index_range, reduce
 
-__all__ = ["DEFAULT_EXTRA_CANDIDATES", "noised_hinge", "sample_perturbed_kth"]
+__all__ = ["DEFAULT_EXTRA_CANDIDATES", "cpu_noised_hinge_loss", "noised_hinge",
+           "sample_perturbed_kth"]
 
 #: ``M = k + DEFAULT_EXTRA_CANDIDATES`` candidates per row (capped at ``C − 1``).
 DEFAULT_EXTRA_CANDIDATES = 8
@@ -230,6 +233,11 @@ def sample_perturbed_kth(
     return _sample_torch(x2d, k, epsilon, n_samples, generator, noise, n_candidates)
 
 
+def _kernel_seed(generator: torch.Generator | None) -> int:
+    """One 64-bit draw of the caller's generator, which keys the CPU kernel's streams."""
+    return int(torch.randint(-(2**63), 2**63 - 1, (), generator=generator, dtype=torch.int64))
+
+
 def _sample_cpu(
     x2d: Tensor, k: int, epsilon: float, n_samples: int, generator: torch.Generator | None,
     noise: Tensor | None, n_candidates: int | None,
@@ -244,10 +252,7 @@ def _sample_cpu(
     perturbed = None
     if noise is not None:  # the reference's arithmetic, for bitwise equality
         perturbed = torch.add(work, noise.to(work.dtype), alpha=epsilon).numpy()
-    seed = 0
-    if noise is None:  # one 64-bit draw of the caller's generator keys the kernel's streams
-        seed = int(torch.randint(-(2**63), 2**63 - 1, (), generator=generator,
-                                 dtype=torch.int64))
+    seed = 0 if noise is not None else _kernel_seed(generator)
     values, indices = perturbed_cpu.kth_draws(
         work.numpy(), k, epsilon, n_samples, m, seed, perturbed=perturbed,
         threads=torch.get_num_threads(),
@@ -354,15 +359,67 @@ def compiled_on_cpu(t: Tensor) -> bool:
 def _compiled_forward(scores: Tensor, margin: float | Tensor, values: Tensor) -> bool:
     """Whether :class:`_NoisedHinge`'s forward runs :mod:`smoothtopk.hinge_cpu`: scores
     it takes, draws and per-row margins of the same dtype on the CPU."""
-    return (compiled_on_cpu(scores) and compiled_on_cpu(values) and values.dtype == scores.dtype
-            and (not isinstance(margin, Tensor)
-                 or (compiled_on_cpu(margin) and margin.dtype == scores.dtype)))
+    return (compiled_noised_hinge(scores, margin) and compiled_on_cpu(values)
+            and values.dtype == scores.dtype)
 
 
 def _compiled_backward(grad: Tensor, indices: Tensor, target: Tensor) -> bool:
     """Whether :class:`_NoisedHinge`'s backward runs :mod:`smoothtopk.hinge_cpu`: a
     gradient it takes, int64 columns."""
     return compiled_on_cpu(grad) and indices.dtype == target.dtype == torch.int64
+
+
+def _hinge_compiled(scores: Tensor, target: Tensor, margin: float | Tensor,
+                    values: np.ndarray, scale: float | None, reduction: str,
+                    per_class: bool) -> tuple[Tensor, Tensor]:
+    """``(hinge, loss)`` of :mod:`smoothtopk.hinge_cpu`'s forward on ``values`` (an array of
+    the dtype of ``scores``)."""
+    hinge, loss = hinge_cpu.hinge_forward(
+        scores.detach().numpy(), target.numpy(),
+        margin.detach().numpy() if isinstance(margin, Tensor) else margin,
+        values, scale, per_class, reduction)
+    hinge = torch.from_numpy(hinge)
+    loss = hinge if scale is None and reduction == "none" else torch.from_numpy(loss)
+    return hinge, loss
+
+
+def _keep_for_backward(ctx, scores: Tensor, margin: float | Tensor, scale: float | None,
+                       reduction: str, per_class: bool) -> None:
+    ctx.scale, ctx.shape, ctx.reduction = scale, scores.shape, reduction
+    ctx.per_class, ctx.margin_size = per_class, margin.shape if per_class else None
+
+
+def _hinge_backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of the scores and of the margin (``None`` where not needed) of the fused
+    hinge, from the saved ``target``, ``indices`` and hinge; the scores at input 0 and the
+    margin at input 2 of both :class:`_NoisedHinge` and :class:`_SampledNoisedHinge`."""
+    target, indices, hinge = ctx.saved_tensors
+    rows = ctx.shape[0]
+    grad_scores = grad_margin = None
+    if _compiled_backward(grad, indices, target):
+        out, masked = hinge_cpu.hinge_grad(
+            np.ascontiguousarray(grad.numpy()).reshape(-1), hinge.numpy(), ctx.scale,
+            np.ascontiguousarray(indices.numpy()), np.ascontiguousarray(target.numpy()),
+            ctx.shape[1], torch.get_num_threads(), ctx.reduction)
+        masked = torch.from_numpy(masked)
+        if ctx.needs_input_grad[0]:
+            grad_scores = torch.from_numpy(out)
+    else:  # torch's mean and sum backward, then the hinge's
+        if ctx.reduction != "none":
+            grad = grad.expand(rows)
+            grad = grad / rows if ctx.reduction == "mean" else grad
+        if ctx.scale is not None:
+            grad = grad * ctx.scale
+        masked = grad * (hinge > 0)
+        if ctx.needs_input_grad[0]:
+            share = (masked * (1.0 / indices.shape[-1])).unsqueeze(-1).expand(indices.shape)
+            grad_scores = masked.new_zeros(ctx.shape).scatter_add_(1, indices, share)
+            grad_scores.scatter_add_(1, target.unsqueeze(1), -masked.unsqueeze(1))
+    if ctx.needs_input_grad[2]:  # index's backward for per-class margins
+        grad_margin = (masked.new_zeros(ctx.margin_size)
+                       .index_put_((target,), masked, accumulate=True)
+                       if ctx.per_class else masked)
+    return grad_scores, grad_margin
 
 
 class _NoisedHinge(Function):
@@ -375,15 +432,10 @@ class _NoisedHinge(Function):
 
     @staticmethod
     def forward(ctx, scores, target, margin, values, indices, scale, reduction, per_class):
-        ctx.scale, ctx.shape, ctx.reduction = scale, scores.shape, reduction
-        ctx.per_class, ctx.margin_size = per_class, margin.shape if per_class else None
+        _keep_for_backward(ctx, scores, margin, scale, reduction, per_class)
         if _compiled_forward(scores, margin, values):
-            hinge, loss = hinge_cpu.hinge_forward(
-                scores.detach().numpy(), target.numpy(),
-                margin.detach().numpy() if isinstance(margin, Tensor) else margin,
-                values.numpy(), scale, per_class, reduction)
-            hinge = torch.from_numpy(hinge)
-            loss = hinge if scale is None and reduction == "none" else torch.from_numpy(loss)
+            hinge, loss = _hinge_compiled(scores, target, margin, values.numpy(), scale,
+                                          reduction, per_class)
         else:
             check_index_range(target, scores.shape[1])
             top = values.sum(dim=-1) * (1.0 / values.shape[-1])
@@ -396,33 +448,54 @@ class _NoisedHinge(Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        target, indices, hinge = ctx.saved_tensors
-        rows, cols = ctx.shape
-        grad_scores = grad_margin = None
-        if _compiled_backward(grad, indices, target):
-            out, masked = hinge_cpu.hinge_grad(
-                np.ascontiguousarray(grad.numpy()).reshape(-1), hinge.numpy(), ctx.scale,
-                np.ascontiguousarray(indices.numpy()), np.ascontiguousarray(target.numpy()),
-                cols, torch.get_num_threads(), ctx.reduction)
-            masked = torch.from_numpy(masked)
-            if ctx.needs_input_grad[0]:
-                grad_scores = torch.from_numpy(out)
-        else:  # torch's mean and sum backward, then the hinge's
-            if ctx.reduction != "none":
-                grad = grad.expand(rows)
-                grad = grad / rows if ctx.reduction == "mean" else grad
-            if ctx.scale is not None:
-                grad = grad * ctx.scale
-            masked = grad * (hinge > 0)
-            if ctx.needs_input_grad[0]:
-                share = (masked * (1.0 / indices.shape[-1])).unsqueeze(-1).expand(indices.shape)
-                grad_scores = masked.new_zeros(ctx.shape).scatter_add_(1, indices, share)
-                grad_scores.scatter_add_(1, target.unsqueeze(1), -masked.unsqueeze(1))
-        if ctx.needs_input_grad[2]:  # index's backward for per-class margins
-            grad_margin = (masked.new_zeros(ctx.margin_size)
-                           .index_put_((target,), masked, accumulate=True)
-                           if ctx.per_class else masked)
+        grad_scores, grad_margin = _hinge_backward(ctx, grad)
         return grad_scores, None, grad_margin, None, None, None, None, None
+
+
+class _SampledNoisedHinge(Function):
+    """:class:`_NoisedHinge` whose forward also draws the (K+1)-th largest entries, with the
+    kernel of :mod:`smoothtopk.perturbed_cpu` (CPU float32 or float64 scores): one autograd
+    node and two compiled calls, with no tensor made in between."""
+
+    @staticmethod
+    def forward(ctx, scores, target, margin, k, epsilon, n_samples, seed, scale, reduction,
+                per_class):
+        _keep_for_backward(ctx, scores, margin, scale, reduction, per_class)
+        x = scores.detach().contiguous()
+        values, indices = perturbed_cpu.kth_draws(
+            x.numpy(), k, epsilon, n_samples, k + DEFAULT_EXTRA_CANDIDATES, seed,
+            threads=torch.get_num_threads())
+        hinge, loss = _hinge_compiled(x, target, margin, values, scale, reduction, per_class)
+        ctx.save_for_backward(target, torch.from_numpy(indices), hinge)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        grad_scores, grad_margin = _hinge_backward(ctx, grad)
+        return grad_scores, None, grad_margin, None, None, None, None, None, None, None
+
+
+def cpu_noised_hinge_loss(
+    scores: Tensor, target: Tensor, k: int, epsilon: float, n_samples: int,
+    generator: torch.Generator | None, margin: float | Tensor, scale: float | None,
+    reduction: str,
+) -> Tensor:
+    """The noised hinge of :func:`noised_hinge` on the draws of :func:`sample_perturbed_kth`
+    (the k-th largest, ``k`` = K + 1 for the top-K loss), in one autograd node for
+    :func:`compiled_noised_hinge` arguments: the same draws from the same generator state,
+    the same values and gradients, with less work around the two compiled calls.
+    ``margin``: a float or per-class ``(C,)`` margins. Arguments assumed validated."""
+    return _SampledNoisedHinge.apply(scores, target, margin, k, epsilon, n_samples,
+                                     _kernel_seed(generator), scale, reduction,
+                                     isinstance(margin, Tensor))
+
+
+def compiled_noised_hinge(scores: Tensor, margin: float | Tensor) -> bool:
+    """Whether :func:`cpu_noised_hinge_loss` takes these scores and margins: CPU float32 or
+    float64 scores, and a float margin or a CPU margin tensor of their dtype."""
+    return compiled_on_cpu(scores) and (not isinstance(margin, Tensor) or (
+        compiled_on_cpu(margin) and margin.dtype == scores.dtype))
 
 
 def noised_hinge(
