@@ -15,7 +15,8 @@ uses ε = 0.1: a trained network's peaked scores, where only a few classes compe
 Contenders: ``F.cross_entropy``, every loss of :data:`smoothtopk.losses.LOSSES` (built
 with the keyword arguments of the setting that its factory accepts), and the peers
 ``pytopk.BalNoisedTopK`` / ``pytopk.ImbalNoisedTopK`` and ``difftopk.SmoothTopKLoss`` when
-installed. To add one::
+installed, the readable reference sampler, and the operator ``smooth_kth_largest`` alone.
+To add one::
 
     @contender("my_loss")
     def _my_loss(setting: Setting) -> LossFn | None:  # None: not available here
@@ -143,6 +144,19 @@ def _noised_reference(setting: Setting) -> LossFn:
                             dtype=scores.dtype)
         return noised_topk_loss(scores, target, k=setting.k, epsilon=setting.epsilon,
                                 n_samples=setting.n_samples, noise=noise)
+
+    return loss
+
+
+@contender("smooth_kth_largest(k = K + 1).mean()")
+def _smooth_kth_operator(setting: Setting) -> LossFn:
+    """The perturbed (K+1)-th largest operator alone (the noised losses' smoothing, named in
+    the speed issue), reduced by a mean: its sampler forward and its scatter backward."""
+    from smoothtopk.ops import smooth_kth_largest
+
+    def loss(scores: Tensor, target: Tensor) -> Tensor:
+        return smooth_kth_largest(scores, setting.k + 1, setting.epsilon,
+                                  setting.n_samples).mean()
 
     return loss
 

@@ -24,7 +24,7 @@ if [ "$mode" = all ] || [ "$mode" = tests ]; then
 fi
 if [ "$mode" = all ] || [ "$mode" = bench ]; then
     python3 benchmarks/bench_triton_kernels.py --out "$out/kernels.md" 2>&1 | tail -15
-    only='bal_topk|noised|Noised'
+    only='bal_topk|noised|Noised|smooth_kth'
     for regime in normal peaked; do
         python3 benchmarks/bench_losses.py --device cuda --regime "$regime" \
             --sizes 100 1081 10000 100000 --only "$only" --out "$out/losses_$regime.md" \

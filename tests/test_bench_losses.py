@@ -54,3 +54,10 @@ def test_only_matching_nothing_is_an_error(bench, capsys):
     err = capsys.readouterr().err
     assert "--only 'no such loss'" in err
     assert "build_loss('bal_topk')" in err
+
+
+def test_the_operator_is_timed_next_to_the_losses(bench):
+    text = bench.main([*_TINY, "--only", "smooth_kth"])
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    names = [row.split(" | ")[0][2:] for row in rows[2:]]
+    assert names == ["F.cross_entropy", "smooth_kth_largest(k = K + 1).mean()"]
