@@ -173,3 +173,26 @@ def test_noised_hinge_backward_uses_it_and_matches_torch_path(monkeypatch):
     assert calls == [1]
     assert torch.equal(compiled[0], composed[0])
     assert torch.equal(compiled[1], composed[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", ["contiguous", "expanded"])
+def test_selected_grad_equals_torch_scatter_bitwise(dtype, threads, layout):
+    """``selected_grad`` against ``zeros.scatter_add_`` of ``grad · weight``: repeated
+    columns (added up), a weight that float32 rounds, rows big enough for the parallel
+    kernel, and the stride-0 gradient that ``.mean()``'s backward passes."""
+    gen = torch.Generator().manual_seed(6)
+    for rows, cols, width in ((7, 5, 3), (300, 1000, 5)):
+        indices = torch.randint(0, cols, (rows, width), generator=gen)
+        indices[0] = indices[0, 0]  # every draw on one column
+        if layout == "expanded":
+            grad = torch.full((), 0.37, dtype=dtype).expand(rows)
+        else:
+            grad = torch.randn(rows, generator=gen, dtype=dtype) * 1e3
+        weight = 1.0 / width
+        share = (grad * weight).unsqueeze(-1).expand(indices.shape)
+        expected = grad.new_zeros((rows, cols)).scatter_add_(1, indices, share)
+        got = hinge_cpu.selected_grad(grad.numpy(), indices.numpy(), weight, cols, threads)
+        assert got.dtype == expected.numpy().dtype
+        assert torch.equal(torch.from_numpy(got), expected)

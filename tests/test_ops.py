@@ -92,11 +92,16 @@ def test_exact_ops_gradcheck(k):
     assert torch.autograd.gradcheck(lambda t: topk_sum(t, k, dim=1), (x,))
 
 
-def test_backward_saves_only_indices():
+@pytest.mark.parametrize("given_noise", [False, True])
+def test_backward_saves_only_indices(given_noise):
+    """Sampled on the CPU (one node with the draws) or from given noise (the selected sum):
+    only the (N, B) columns are saved."""
     x = torch.randn(8, 50, requires_grad=True)
-    out = smooth_kth_largest(x, 3, n_samples=7)
+    noise = torch.randn(7, 8, 50) if given_noise else None
+    out = smooth_kth_largest(x, 3, n_samples=7, noise=noise)
     node = out.grad_fn
-    while "SelectedSum" not in type(node).__name__:
+    name = "SelectedSum" if given_noise else "SampledKth"
+    while name not in type(node).__name__:
         node = node.next_functions[0][0]
     saved = node.saved_tensors
     assert len(saved) == 1

@@ -383,24 +383,54 @@ def test_threshold_of_the_chunk_maxima(kind, epsilon):
             assert u == gap_u
 
 
-def test_tail_table_brackets_the_tail():
-    """The table's bound q >= Φ̄(a) with log(1 − q), and its squeeze of w <= Φ̄(a) gives
-    the exact answer, on and between grid points, at cell edges and beyond the table."""
+def test_levels_lie_below_the_threshold_on_the_grid():
+    """``_level(a)``: the largest grid point at least 2⁻²⁰ below ``a`` (the grid's last beyond
+    it, −∞ below it and for NaN), with its exact tail ``Φ̄``, ``log(1 − Φ̄)`` and the rate
+    of Robert's sampler; on and between grid points, at their edges and far off the grid."""
     gen = np.random.default_rng(2)
-    grid = perturbed_cpu._TAB_A
+    grid = perturbed_cpu._GRID_A
+    slack = perturbed_cpu._GRID_SLACK
     points = np.concatenate([gen.uniform(-9.0, 11.0, 4000), grid, np.nextafter(grid, -20),
-                             np.nextafter(grid, 20), [40.0, 1e3, -1e3]])
+                             np.nextafter(grid, 20), grid + slack, grid + slack / 2,
+                             [40.0, 1e3, -1e3, math.inf, -math.inf, math.nan]])
     for a in points:
-        tail = perturbed_cpu._tail(a)
-        q, log_fail = perturbed_cpu._tail_bound(a)
-        assert q >= tail
-        assert log_fail == -math.inf if q == 1.0 else math.isclose(log_fail, math.log1p(-q),
-                                                                   rel_tol=1e-14)
-        if -8.0 <= a < 10.0:  # within a cell of a: a tight bound
-            assert q <= perturbed_cpu._tail(a - 1.0 / 32) * (1 + 1e-9)
-        for w in (tail * (1 - 1e-15), tail, tail * (1 + 1e-15), tail * 0.97, tail * 1.03,
-                  gen.uniform(0.0, 1.0)):
-            assert perturbed_cpu._under_tail(w, a) == (w <= tail)
+        q, log_fail, a_q, rate = perturbed_cpu._level(a)
+        below = grid[grid <= a - slack] if a == a else grid[:0]
+        if below.size == 0:
+            assert (q, log_fail, a_q) == (1.0, -math.inf, -math.inf)
+            continue
+        assert a_q == below[-1]
+        assert math.isclose(q, 0.5 * math.erfc(a_q / math.sqrt(2)), rel_tol=1e-12)
+        assert math.isclose(log_fail, math.log1p(-q), rel_tol=1e-14)
+        assert math.isclose(rate, 0.5 * (a_q + math.sqrt(a_q * a_q + 4.0)), rel_tol=1e-15)
+
+
+@pytest.mark.parametrize("level", [-math.inf, -3.0, -0.5, 0.0, 0.4, 1.5, 4.0, 10.0])
+def test_truncated_gaussians_have_the_truncated_law(level):
+    """``_normal_above(a)`` against N(0, 1) conditioned on Z > a: every draw above ``a``, the
+    mean ``φ(a)/Φ̄(a)``, the variance ``1 + a·m − m²`` and the probability of exceeding
+    ``a + 1/m`` (halfway up the tail), each within 4 standard errors."""
+    if level == -math.inf:
+        mean, var = 0.0, 1.0
+    else:
+        tail = 0.5 * math.erfc(level / math.sqrt(2))
+        mean = math.exp(-0.5 * level * level) / math.sqrt(2 * math.pi) / tail
+        var = 1.0 + level * mean - mean * mean
+    rate = 0.0 if level == -math.inf else 0.5 * (level + math.sqrt(level * level + 4.0))
+    n = 20000
+    draws = np.empty(n)
+    state = np.uint64(7 + int(1000 * max(level, -9.0)) % 997)
+    for i in range(n):
+        state, draws[i] = perturbed_cpu._normal_above(state, level, rate)
+        state = np.uint64(state)
+    assert (draws > level).all()
+    assert abs(draws.mean() - mean) <= Z_MAX * math.sqrt(var / n)
+    fourth = np.mean((draws - mean) ** 4)
+    assert abs(draws.var() - var) <= Z_MAX * math.sqrt((fourth - var * var) / n)
+    if level > -math.inf:
+        cut = level + 1.0 / mean if mean > 0 else level + 1.0
+        p = 0.5 * math.erfc(cut / math.sqrt(2)) / tail
+        assert abs((draws > cut).mean() - p) <= Z_MAX * math.sqrt(p * (1 - p) / n)
 
 
 def test_geometric_shortcut_agrees_with_the_logarithm():
@@ -630,6 +660,48 @@ def test_sampled_hinge_equals_sampler_then_fused_hinge(dtype, reduction, imbalan
     assert bool((grad1 != 0).any())
     if imbalanced:
         assert torch.equal(margin1, margin2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(37, 300), (4, 3, 300)])
+def test_sampled_operator_equals_sampler_then_selected_sum(dtype, shape):
+    """smooth_kth_largest on CPU float rows (cpu_smooth_kth: draws and mean in one node) ==
+    sample_perturbed_kth, then the selected sum, from the same generator state: values and
+    gradients bitwise, also under ``.mean()`` (a stride-0 gradient) and on a 3-d input."""
+    gen = torch.Generator().manual_seed(13)
+    scores = torch.randn(*shape, generator=gen, dtype=dtype)
+    results = []
+    for fused in (True, False):
+        x = scores.clone().requires_grad_()
+        draws = torch.Generator().manual_seed(14)
+        if fused:
+            out = smooth_kth_largest(x, 6, 0.8, 5, generator=draws)
+        else:
+            x2d = x.reshape(-1, shape[-1])
+            values, indices = sample_perturbed_kth(x2d.detach(), 6, 0.8, 5, draws)
+            out = ops._SelectedSum.apply(x2d, values, indices, 1.0 / 5).reshape(shape[:-1])
+        out.mean().backward()
+        results.append((out, x.grad))
+    (out1, grad1), (out2, grad2) = results
+    assert out1.shape == shape[:-1] and out1.dtype == dtype
+    assert torch.equal(out1, out2)
+    assert torch.equal(grad1, grad2)
+    assert bool((grad1 != 0).any())
+
+
+def test_operator_takes_the_sampled_node_on_cpu(monkeypatch):
+    """On CPU float tensors without given noise, smooth_kth_largest runs cpu_smooth_kth
+    (one node); with given noise or ε = 0, the selected sum."""
+    calls = []
+    real = perturbed._SampledKth.apply
+    monkeypatch.setattr(perturbed._SampledKth, "apply", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(8, 20, requires_grad=True)
+    smooth_kth_largest(x, 3, 0.5, 4).sum().backward()
+    assert calls == [1]
+    smooth_kth_largest(x, 3, 0.5, 4, noise=torch.randn(4, 8, 20)).sum().backward()
+    smooth_kth_largest(x, 3, 0.0, 4).sum().backward()
+    smooth_kth_largest(x.detach().half(), 3, 0.5, 4)
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("imbalanced", [False, True])

@@ -12,7 +12,8 @@ the torch operations', in the same dtype and order, except two sums that torch a
 order of its own: the ``B`` draws, which :func:`weighted_row_sums` adds left to right (and
 :class:`smoothtopk.ops._SelectedSum` uses it too, so that the fused hinge and the composed
 operators stay bitwise equal; the tests check both against the torch formulas), and a mean
-or sum over the rows, added row by row in float64.
+or sum over the rows, added row by row in float64. :func:`selected_grad` is the backward of
+those composed operators (``_SelectedSum``): torch's zero-fill and scatter in one pass.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from numba import njit, prange
 from smoothtopk._numba import JIT as _JIT
 from smoothtopk._numba import parallel_threads
 
-__all__ = ["hinge_forward", "hinge_grad", "weighted_row_sums"]
+__all__ = ["hinge_forward", "hinge_grad", "selected_grad", "weighted_row_sums"]
 
 #: Below this many gradient entries one thread writes them all.
 _PARALLEL_ENTRIES = 2**18
@@ -157,3 +158,45 @@ def hinge_grad(
                hinge, dtype(1.0 if scale is None else scale), dtype(1.0 / indices.shape[1]),
                indices, target, out, masked)
     return out, masked
+
+
+@njit(inline="always", **_JIT)
+def _selected_row(grad, weight, indices, out, r):
+    share = grad[r] * weight
+    row = out[r]
+    row[:] = 0.0
+    for m in range(indices.shape[1]):
+        row[indices[r, m]] += share
+
+
+@njit(**_JIT)
+def _selected_serial(grad, weight, indices, out):
+    for r in range(out.shape[0]):
+        _selected_row(grad, weight, indices, out, r)
+
+
+@njit(parallel=True, **_JIT)
+def _selected_parallel(grad, weight, indices, out):
+    for r in prange(out.shape[0]):
+        _selected_row(grad, weight, indices, out, r)
+
+
+def selected_grad(
+    grad: np.ndarray, indices: np.ndarray, weight: float, num_classes: int, threads: int = 1,
+) -> np.ndarray:
+    """The ``(R, C)`` gradient of ``out[r] = weight · Σ_m x[r, indices[r, m]]``: row ``r``
+    holds ``grad[r] · weight`` (rounded to the dtype of ``grad``, then added up) at each
+    ``indices[r, m]``, zeros elsewhere; each row written once. torch's
+    ``zeros.scatter_add_(1, indices, (grad · weight)[:, None].expand(R, M))``, bit for bit.
+
+    ``grad (R,)`` float32 or float64 (any strides); ``indices (R, M)`` int64 columns in
+    ``[0, C)`` (not checked: they come from the forward); ``threads``: rows are shared among
+    that many threads for large gradients (same result)."""
+    rows = indices.shape[0]
+    out = np.empty((rows, num_classes), dtype=grad.dtype)
+    if rows * num_classes < _PARALLEL_ENTRIES:
+        threads = 1
+    with parallel_threads(min(threads, rows)) as threads:
+        kernel = _selected_parallel if threads > 1 else _selected_serial
+        kernel(grad, grad.dtype.type(weight), indices, out)
+    return out

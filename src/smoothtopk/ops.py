@@ -26,7 +26,12 @@ from torch.autograd.function import once_differentiable
 
 from smoothtopk import hinge_cpu
 from smoothtopk._checks import check_generator, check_int, check_k, check_real
-from smoothtopk.perturbed import compiled_on_cpu, sample_perturbed_kth
+from smoothtopk.perturbed import (
+    compiled_on_cpu,
+    cpu_smooth_kth,
+    sample_perturbed_kth,
+    selected_sum_grad,
+)
 
 __all__ = [
     "SmoothKthLargest",
@@ -42,7 +47,8 @@ class _SelectedSum(Function):
     ``indices[r, m]`` of ``x`` (possibly after perturbation); the backward pass scatters
     ``weight · grad[r]`` to those columns. Only ``indices`` is saved. On CPU the sum runs
     left to right (:func:`smoothtopk.hinge_cpu.weighted_row_sums`), as in the fused noised
-    hinge."""
+    hinge, and the backward is one compiled pass that writes each gradient row once
+    (:func:`smoothtopk.perturbed.selected_sum_grad`, bitwise torch's scatter)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, indices: Tensor, weight: float) -> Tensor:
@@ -59,9 +65,7 @@ class _SelectedSum(Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         (indices,) = ctx.saved_tensors
-        src = (grad * ctx.weight).unsqueeze(-1).expand(indices.shape)
-        grad_x = grad.new_zeros(ctx.shape).scatter_add_(-1, indices, src)
-        return grad_x, None, None, None
+        return selected_sum_grad(grad, indices, ctx.weight, ctx.shape), None, None, None
 
 
 def _check_tensor(x: object, name: str = "x") -> None:
@@ -258,6 +262,8 @@ def smooth_kth_largest(
     )
     if epsilon == 0.0:
         return kth_largest(x, k, dim)
+    if noise2d is None and compiled_on_cpu(x2d):  # one node: draws and their mean
+        return cpu_smooth_kth(x2d, k, epsilon, n_samples, generator).reshape(out_shape)
     values, indices = _smooth_kth_draws(x2d, k, epsilon, n_samples, generator, noise2d)
     out = _SelectedSum.apply(x2d, values, indices, 1.0 / n_samples)
     return out.reshape(out_shape)

@@ -79,8 +79,8 @@ from torch.autograd.function import once_differentiable
 from smoothtopk import hinge_cpu, perturbed_cpu
 from smoothtopk._checks import check_index_range, reduce
 
-__all__ = ["DEFAULT_EXTRA_CANDIDATES", "cpu_noised_hinge_loss", "noised_hinge",
-           "sample_perturbed_kth"]
+__all__ = ["DEFAULT_EXTRA_CANDIDATES", "cpu_noised_hinge_loss", "cpu_smooth_kth",
+           "noised_hinge", "sample_perturbed_kth", "selected_sum_grad"]
 
 #: ``M = k + DEFAULT_EXTRA_CANDIDATES`` candidates per row (capped at ``C − 1``).
 DEFAULT_EXTRA_CANDIDATES = 8
@@ -452,6 +452,58 @@ class _NoisedHinge(Function):
         return grad_scores, None, grad_margin, None, None, None, None, None
 
 
+def _compiled_draws(x: Tensor, k: int, epsilon: float, n_samples: int,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The CPU kernel's draws (:mod:`smoothtopk.perturbed_cpu`) on contiguous CPU float32 or
+    float64 scores ``x (R, C)``: values ``(R, B)`` in their dtype, int64 columns."""
+    return perturbed_cpu.kth_draws(x.numpy(), k, epsilon, n_samples,
+                                   k + DEFAULT_EXTRA_CANDIDATES, seed,
+                                   threads=torch.get_num_threads())
+
+
+def selected_sum_grad(grad: Tensor, indices: Tensor, weight: float, shape: torch.Size) -> Tensor:
+    """The gradient, of shape ``shape`` ``(R, C)``, of ``out[r] = weight · Σ_m x[r,
+    indices[r, m]]`` for ``grad (R,)``: ``weight · grad[r]`` added at each selected column.
+    On the CPU one compiled pass (:func:`smoothtopk.hinge_cpu.selected_grad`), bitwise
+    torch's zero-fill and ``scatter_add_``, which other devices run."""
+    if compiled_on_cpu(grad) and indices.dtype == torch.int64:
+        return torch.from_numpy(hinge_cpu.selected_grad(
+            grad.numpy(), indices.numpy(), weight, shape[1], torch.get_num_threads()))
+    src = (grad * weight).unsqueeze(-1).expand(indices.shape)
+    return grad.new_zeros(shape).scatter_add_(-1, indices, src)
+
+
+class _SampledKth(Function):
+    """``(1/B) Σ_b`` of the draws of the perturbed k-th largest of each row of CPU float32
+    or float64 scores ``x (R, C)``, drawn by the kernel of :mod:`smoothtopk.perturbed_cpu`
+    and added left to right (:func:`smoothtopk.hinge_cpu.weighted_row_sums`) in the
+    forward: one autograd node, no tensor made in between. The backward scatters
+    ``grad[r] / B`` to the drawn columns (:func:`selected_sum_grad`); only they are saved."""
+
+    @staticmethod
+    def forward(ctx, x, k, epsilon, n_samples, seed):
+        ctx.weight, ctx.shape = 1.0 / n_samples, x.shape
+        values, indices = _compiled_draws(x.detach().contiguous(), k, epsilon, n_samples,
+                                          seed)
+        ctx.save_for_backward(torch.from_numpy(indices))
+        return torch.from_numpy(hinge_cpu.weighted_row_sums(values, ctx.weight))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        return selected_sum_grad(grad, indices, ctx.weight, ctx.shape), None, None, None, None
+
+
+def cpu_smooth_kth(x2d: Tensor, k: int, epsilon: float, n_samples: int,
+                   generator: torch.Generator | None) -> Tensor:
+    """:func:`smoothtopk.ops.smooth_kth_largest`'s estimate ``(R,)`` on CPU float32 or
+    float64 rows ``x2d (R, C)`` (:func:`compiled_on_cpu`), in one autograd node: the draws
+    of :func:`sample_perturbed_kth` from the same generator state, the same values and
+    gradients. Arguments assumed validated, ``epsilon > 0``."""
+    return _SampledKth.apply(x2d, k, epsilon, n_samples, _kernel_seed(generator))
+
+
 class _SampledNoisedHinge(Function):
     """:class:`_NoisedHinge` whose forward also draws the (K+1)-th largest entries, with the
     kernel of :mod:`smoothtopk.perturbed_cpu` (CPU float32 or float64 scores): one autograd
@@ -462,9 +514,7 @@ class _SampledNoisedHinge(Function):
                 per_class):
         _keep_for_backward(ctx, scores, margin, scale, reduction, per_class)
         x = scores.detach().contiguous()
-        values, indices = perturbed_cpu.kth_draws(
-            x.numpy(), k, epsilon, n_samples, k + DEFAULT_EXTRA_CANDIDATES, seed,
-            threads=torch.get_num_threads())
+        values, indices = _compiled_draws(x, k, epsilon, n_samples, seed)
         hinge, loss = _hinge_compiled(x, target, margin, values, scale, reduction, per_class)
         ctx.save_for_backward(target, torch.from_numpy(indices), hinge)
         return loss

@@ -24,29 +24,32 @@ Algorithm, per row (rows in parallel, each with its own random stream):
    candidates, only those reaching a floor enter the buffer: the smallest of the maxima
    of ``k`` slices of the draws, which at least ``k`` of them reach.
 3. *Revealing the others lazily*: a non-candidate ``j`` changes the k largest only if
-   ``x_j + εZ_j > T``, an event of probability ``p_j = Φ̄((T − x_j)/ε)`` independent of
-   everything drawn so far. The non-candidates are visited in a fixed order (depending on
-   the scores only) as Bernoulli trials with a *bound* ``q >= p_j`` shared by a stretch
-   of them: the number of failures before the next proposal is geometric(``q``), so only
-   proposals cost work; a proposal at ``j`` is accepted with probability ``p_j / q``
-   (thinning: ``q · p_j/q = p_j``). An accepted ``j`` gets ``Z_j`` from the normal law
-   truncated to ``((T − x_j)/ε, ∞)`` (exact rejection samplers), enters the buffer, and
-   ``T`` rises: later trials use the new ``T`` (each trial's probability depends only on
-   what was drawn before it, so the trials stay exact).
+   ``x_j + εZ_j > T``, an event of probability ``p_j = Φ̄(a_j)``, ``a_j = (T − x_j)/ε``,
+   independent of everything drawn so far. The non-candidates are visited in a fixed
+   order (depending on the scores only) as trials at a *level* ``a_q`` shared by a
+   stretch of them, below all their ``a_j``: each is proposed with probability
+   ``q = Φ̄(a_q)``, so the number of failures before the next proposal is geometric(``q``)
+   and only proposals cost work. A proposal at ``j`` draws ``W`` from the normal law
+   truncated to ``(a_q, ∞)`` (exact rejection samplers) and is accepted when
+   ``x_j + εW > T``: then ``W > a_j``, so the acceptance has probability ``p_j / q``
+   (``q · p_j/q = p_j``) and an accepted ``W`` has the law of ``Z_j`` given
+   ``Z_j > a_j``. An accepted ``j`` enters the buffer and ``T`` rises: later trials use
+   the new ``T`` (each trial's probability depends only on what was drawn before it, so
+   the trials stay exact).
 
-   * Bounds come from a table of ``Φ̄`` on a grid of step 1/64 over [−8, 10] (widened by
-     1e-12 relative, beyond any erfc's error): ``q`` is the table's value at the grid point
-     below ``(T − top)/ε`` (``Φ̄(10)`` beyond it), and the acceptance test ``V·q <= p_j``
-     is settled by the table's bracket of ``p_j`` unless ``V·q`` falls inside it (then
-     erfc decides). Geometric gaps that certainly pass the end of the row are settled by
+   * Levels lie on a grid of step 1/64 over [−8, 10], with ``Φ̄``, ``log(1 − Φ̄)`` and
+     the truncated sampler's rate tabulated: ``a_q`` is the grid point at least 2⁻²⁰ below
+     ``(T − top)/ε`` (``top`` >= the stretch's scores; 10 beyond the grid, −∞ below it),
+     a slack far above float rounding, so that ``x_j + εW > T`` implies ``W > a_q``.
+     Geometric gaps that certainly pass the end of the row are settled by
      ``log V <= V − 1``, without a logarithm.
-   * Common bound: ``q >= Φ̄((T − u)/ε)`` over the columns in order (a proposal that falls
+   * Common level, below ``(T − u)/ε``, over the columns in order (a proposal that falls
      on a candidate is discarded: its noise is drawn already).
    * When that would propose many columns (ε large against the spread of the scores, e.g.
      N(0, 1) scores with ε = 1), the row's non-candidates are first ordered by score in
-     buckets of width ``ε/8`` below ``u`` (a counting sort, once per row): the bound of a
-     bucket is ``q >= Φ̄((T − top of the bucket)/ε)``, close to every ``p_j`` in it, and the high
-     buckets, visited first, raise ``T`` early.
+     buckets of width ``ε/8`` below ``u`` (a counting sort, once per row): the level of a
+     bucket is below ``(T − top of the bucket)/ε``, so that ``q`` is close to every ``p_j``
+     in it, and the high buckets, visited first, raise ``T`` early.
    * A broad row is ordered so from the outset, every class by buckets of width ``ε/8``
      below the row's largest score (128 buckets, so that the open-ended last one stays
      light); per draw, the first ``k + 24`` classes of that order play the candidates' part
@@ -57,14 +60,13 @@ Algorithm, per row (rows in parallel, each with its own random stream):
 
 Exactness: every step samples the exact conditional law of the ``C`` perturbed scores
 given what was revealed before, so (value, column) have the reference's law; **no class is
-pruned**, there is no error bound to state beyond floating point: probabilities below
-~1e-308 (``Φ̄`` underflows beyond 38 standard deviations) count as 0. Values are computed
+pruned**, there is no error bound to state beyond floating point. Values are computed
 in float64 and returned in the dtype of ``x``. Rows holding a NaN or an infinity (in ``x``,
 or in given draws) are drawn in full, with :func:`torch.topk`'s order (NaN above
 everything).
 
-Cost per row: one read of the row (plus a counting sort only when the common bound is too
-loose, or the row is broad), a Gaussian per candidate and draw, and ``O(proposals)`` work
+Cost per row: one read of the row (plus a counting sort only when the common level is too
+low, or the row is broad), a Gaussian per candidate and draw, and ``O(proposals)`` work
 per draw. Memory: ``O(C)`` scratch per thread; nothing of size ``B·R·C``.
 
 Random numbers: SplitMix64 (Steele, Lea, Flood, OOPSLA 2014) streams, one per row, keyed by
@@ -109,7 +111,7 @@ _SORTED_CANDIDATES = 48
 #: one open-ended.
 _BUCKET_WIDTH = 0.125
 _N_BUCKETS = 64
-#: Order the row in buckets when the common bound would propose more than this fraction
+#: Order the row in buckets when the common level would propose more than this fraction
 #: of the row (a proposal costs some 50 ns, the counting sort some 3 ns a class).
 _SORT_FRACTION = 1.0 / 32.0
 #: Broad rows (many classes within ``_BROAD_SPREAD·ε`` of the row's largest score: at least
@@ -226,81 +228,52 @@ def _normal_from(state, bits):
         state, bits = _bits(state)  # rejected: a new draw
 
 
-@njit(**_JIT)
-def _normal_above(state, a):
-    """A draw of Z ~ N(0, 1) conditioned on Z > a."""
+@njit(inline="always", **_JIT)
+def _normal_above(state, a, rate):
+    """A draw of Z ~ N(0, 1) conditioned on Z > a (``a = −∞``: unconditioned); ``rate``
+    (used for ``a > 0``): ``(a + √(a² + 4))/2``, the rate of Robert's exponential proposal."""
     if a <= 0.0:  # plain rejection: acceptance P(Z > a) >= 1/2
         while True:
             state, z = _normal(state)
             if z > a:
                 return state, z
-    lam = 0.5 * (a + math.sqrt(a * a + 4.0))  # Robert (1995): acceptance >= 0.76
-    while True:
+    while True:  # Robert (1995): acceptance >= 0.76
         state, u1 = _uniform(state)
         state, u2 = _uniform(state)
-        z = a - math.log(u1) / lam
-        bound = -0.5 * (z - lam) ** 2
+        z = a - math.log(u1) / rate
+        bound = -0.5 * (z - rate) ** 2
         if u2 - 1.0 <= bound or math.log(u2) <= bound:  # log u <= u − 1: most skip the log
             return state, z
 
 
-@njit(inline="always", **_JIT)
-def _tail(a):
-    """Φ̄(a) = P(Z > a)."""
-    return 0.5 * math.erfc(a * _SQRT_HALF)
-
-
-def _tail_table(lo: float = -8.0, hi: float = 10.0, per_unit: int = 64):
-    """Grid ``a_i = lo + i/per_unit`` and bounds of ``Φ̄(a_i)`` widened by 1e-12 relative
-    (far above the error of any erfc): ``lower_i <= Φ̄(a_i) <= upper_i``, and
-    ``log(1 − upper_i)``."""
+def _grid(lo: float = -8.0, hi: float = 10.0, per_unit: int = 64):
+    """Levels ``a_i = lo + i/per_unit`` of the trials' proposals, with ``Φ̄(a_i)``,
+    ``log(1 − Φ̄(a_i))`` and the rate of Robert's sampler above ``a_i``."""
     grid = lo + np.arange(int((hi - lo) * per_unit) + 1) / per_unit
     tail = np.array([0.5 * math.erfc(a * _SQRT_HALF) for a in grid])
-    upper = np.minimum(tail * (1.0 + 1e-12), 1.0)
-    with np.errstate(divide="ignore"):
-        return grid, tail * (1.0 - 1e-12), upper, np.log1p(-upper)
+    return grid, tail, np.log1p(-tail), 0.5 * (grid + np.sqrt(grid * grid + 4.0))
 
 
-_TAB_LO, _TAB_HI, _TAB_PER_UNIT = -8.0, 10.0, 64.0
-_TAB_A, _TAB_LOWER, _TAB_UPPER, _TAB_LOG_FAIL = _tail_table(_TAB_LO, _TAB_HI, int(_TAB_PER_UNIT))
-
-
-@njit(inline="always", **_JIT)
-def _cell(a):
-    """Index ``i`` of the table cell with ``a_i <= a <= a_{i+1}``, or −1 off the table."""
-    if not _TAB_LO <= a < _TAB_HI:
-        return -1
-    i = int((a - _TAB_LO) * _TAB_PER_UNIT)
-    if _TAB_A[i] <= a <= _TAB_A[i + 1]:
-        return i
-    return -1  # float rounding at a cell's edge
+_GRID_LO, _GRID_HI, _GRID_PER_UNIT = -8.0, 10.0, 64.0
+_GRID_A, _GRID_TAIL, _GRID_LOG_FAIL, _GRID_RATE = _grid(_GRID_LO, _GRID_HI, int(_GRID_PER_UNIT))
+#: A proposal level lies at least this far below the threshold it serves (float slack).
+_GRID_SLACK = 2.0**-20
 
 
 @njit(inline="always", **_JIT)
-def _under_tail(w, a):
-    """``w <= Φ̄(a)``, decided by the table's bounds unless ``w`` falls between them."""
-    i = _cell(a)
-    if i >= 0:
-        if w <= _TAB_LOWER[i + 1]:
-            return True
-        if w > _TAB_UPPER[i]:
-            return False
-    return w <= _tail(a)
-
-
-@njit(inline="always", **_JIT)
-def _tail_bound(a):
-    """An upper bound ``q >= Φ̄(a)`` (the table's, within a cell of ``a``; its last entry,
-    ``Φ̄(10) ≈ 7.6e-24``, beyond) and ``log(1 − q)``."""
-    if a >= _TAB_HI:
-        i = _TAB_A.shape[0] - 1
-    else:
-        i = _cell(a)
-        if i < 0:
-            if not a >= _TAB_LO:  # below the table (or NaN): every trial is a proposal
-                return 1.0, -np.inf
-            i = max(int((a - _TAB_LO) * _TAB_PER_UNIT) - 1, 0)  # a cell's edge: one lower
-    return _TAB_UPPER[i], _TAB_LOG_FAIL[i]
+def _level(a):
+    """The proposal level of trials whose thresholds ``(T − x_j)/ε`` are all ``>= a``:
+    ``(q, log(1 − q), a_q, rate)`` with ``a_q`` the largest grid point ``<= a − 2⁻²⁰``
+    (the grid's last, 10, beyond it; ``−∞`` below the grid or for a NaN), ``q = Φ̄(a_q)``
+    and Robert's rate above ``a_q`` (:func:`_normal_above`)."""
+    if not a >= _GRID_LO + _GRID_SLACK:  # every trial is a proposal of an unconditioned Z
+        return 1.0, -np.inf, -np.inf, 0.0
+    i = _GRID_A.shape[0] - 1
+    if a < _GRID_HI:
+        i = int((a - _GRID_LO) * _GRID_PER_UNIT)
+    while _GRID_A[i] > a - _GRID_SLACK:  # near a grid point: the one below
+        i -= 1
+    return _GRID_TAIL[i], _GRID_LOG_FAIL[i], _GRID_A[i], _GRID_RATE[i]
 
 
 @njit(inline="always", **_JIT)
@@ -627,18 +600,15 @@ def _bucket_order(row, u, width, n_buckets, order, bucket, every, tally):
 
 
 @njit(inline="always", **_JIT)
-def _trial(state, xj, j, eps, q, top_val, top_col, k):
-    """The proposal of column ``j`` (score ``xj``) under the bound ``q``: accepted with
-    probability ``Φ̄(a)/q``, ``a = (T − x_j)/ε``; then ``x_j + εZ``, ``Z | Z > a``, enters
-    the buffer. Returns the stream's state and whether ``T`` rose."""
-    a = (top_val[k - 1] - xj) / eps
-    state, v = _uniform(state)
-    if _under_tail(v * q, a):
-        state, z = _normal_above(state, a)
-        value = xj + eps * z
-        if _beats(value, j, top_val[k - 1], top_col[k - 1]):  # always, but for rounding
-            _insert(top_val, top_col, k, value, j)
-            return state, True
+def _trial(state, xj, j, eps, a_q, rate, top_val, top_col, k):
+    """The proposal of column ``j`` (score ``xj``) at the level ``a_q`` (:func:`_level`):
+    ``W`` ~ N(0, 1) conditioned on ``W > a_q``, accepted when ``x_j + εW`` beats the k-th
+    entry, which it then replaces. Returns the stream's state and whether ``T`` rose."""
+    state, z = _normal_above(state, a_q, rate)
+    value = xj + eps * z
+    if _beats(value, j, top_val[k - 1], top_col[k - 1]):
+        _insert(top_val, top_col, k, value, j)
+        return state, True
     return state, False
 
 
@@ -646,16 +616,16 @@ def _trial(state, xj, j, eps, q, top_val, top_col, k):
 def _reveal_buckets(state, row, order, bucket, others, u, width, eps, top_val, top_col, k,
                     pos):
     """Step 3 over ``order[pos:others]``, classes ordered by buckets of decreasing scores
-    (``bucket[j]``: the bucket of column ``j``): the bound of the bucket at the current
-    position, recomputed when the bucket changes or ``T`` rises."""
-    level = -1
+    (``bucket[j]``: the bucket of column ``j``): the level of the bucket at the current
+    position (:func:`_level`), recomputed when the bucket changes or ``T`` rises."""
+    current = -1
     stale = True
-    q = log_fail = 0.0
+    q = log_fail = a_q = rate = 0.0
     while pos < others:
-        if stale or bucket[order[pos]] != level:
-            level = bucket[order[pos]]  # every class from pos on has x_j <= u − level·width
-            hi = u - level * width * (1.0 - 1e-9)  # float slack: q >= p_j
-            q, log_fail = _tail_bound((top_val[k - 1] - hi) / eps)
+        if stale or bucket[order[pos]] != current:
+            current = bucket[order[pos]]  # every class from pos on has x_j <= u − current·width
+            hi = u - current * width * (1.0 - 1e-9)  # float slack: x_j <= hi
+            q, log_fail, a_q, rate = _level((top_val[k - 1] - hi) / eps)
             stale = False
         state, gap = _geometric(state, q, log_fail, others - pos)
         if pos + gap >= others:
@@ -663,15 +633,16 @@ def _reveal_buckets(state, row, order, bucket, others, u, width, eps, top_val, t
         pos += int(gap)
         j = order[pos]
         pos += 1
-        state, stale = _trial(state, float(row[j]), j, eps, q, top_val, top_col, k)
+        state, stale = _trial(state, float(row[j]), j, eps, a_q, rate, top_val, top_col, k)
     return state
 
 
 @njit(**_JIT)
-def _reveal_columns(state, row, u, eps, top_val, top_col, k, q, log_fail, gap):
-    """Step 3 over every column in turn under the common bound ``x_j < u`` (a proposal
+def _reveal_columns(state, row, u, eps, top_val, top_col, k, q, log_fail, a_q, rate, gap):
+    """Step 3 over every column in turn at the common level of ``x_j < u`` (a proposal
     that falls on a candidate is discarded: its noise is drawn already), from the first
-    gap (drawn by the caller under the bound ``q``, ``log(1 − q)``)."""
+    gap (drawn by the caller at the level ``(q, log(1 − q), a_q, rate)`` of
+    :func:`_level`)."""
     cols = row.shape[0]
     pos = 0
     while pos + gap < cols:
@@ -679,9 +650,9 @@ def _reveal_columns(state, row, u, eps, top_val, top_col, k, q, log_fail, gap):
         pos = j + 1
         xj = float(row[j])
         if xj < u:
-            state, stale = _trial(state, xj, j, eps, q, top_val, top_col, k)
+            state, stale = _trial(state, xj, j, eps, a_q, rate, top_val, top_col, k)
             if stale:
-                q, log_fail = _tail_bound((top_val[k - 1] - u) / eps)
+                q, log_fail, a_q, rate = _level((top_val[k - 1] - u) / eps)
         state, gap = _geometric(state, q, log_fail, cols - pos)
     return state
 
@@ -776,7 +747,7 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
                 if float(row[j]) < u and _beats(v, j, top_val[k - 1], top_col[k - 1]):
                     _insert(top_val, top_col, k, v, j)
         else:  # 3. the other classes, revealed lazily
-            q, log_fail = _tail_bound((top_val[k - 1] - u) / eps)
+            q, log_fail, a_q, rate = _level((top_val[k - 1] - u) / eps)
             if not sorted_ and q * others > _SORT_FRACTION * cols + 8.0:
                 _bucket_order(row, u, width, _N_BUCKETS, order, bucket, False, tally)
                 sorted_ = True
@@ -787,7 +758,7 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
                 state, gap = _geometric(state, q, log_fail, cols)
                 if gap < cols:
                     state = _reveal_columns(state, row, u, eps, top_val, top_col, k, q,
-                                            log_fail, gap)
+                                            log_fail, a_q, rate, gap)
         out_val[b] = top_val[k - 1]
         out_col[b] = top_col[k - 1]
 
