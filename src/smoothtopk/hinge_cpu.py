@@ -108,15 +108,22 @@ def hinge_forward(
 
 
 @njit(inline="always", **_JIT)
+def _scatter_row(out, r, indices, share):
+    """Row ``r`` of ``out`` set to zeros, then ``share`` added at each ``indices[r, m]`` in
+    turn (torch's zero-fill and ``scatter_add_``); returns the row."""
+    row = out[r]
+    row[:] = 0.0
+    for m in range(indices.shape[1]):
+        row[indices[r, m]] += share
+    return row
+
+
+@njit(inline="always", **_JIT)
 def _row(grad, per_row, count, hinge, scale, weight, indices, target, out, masked, r):
     g = grad[r * per_row] / count * scale
     g = g * (grad.dtype.type(1.0) if hinge[r] > 0 else grad.dtype.type(0.0))
     masked[r] = g
-    row = out[r]
-    row[:] = 0.0
-    share = g * weight
-    for b in range(indices.shape[1]):
-        row[indices[r, b]] += share
+    row = _scatter_row(out, r, indices, g * weight)
     row[target[r]] += -g
 
 
@@ -160,25 +167,16 @@ def hinge_grad(
     return out, masked
 
 
-@njit(inline="always", **_JIT)
-def _selected_row(grad, weight, indices, out, r):
-    share = grad[r] * weight
-    row = out[r]
-    row[:] = 0.0
-    for m in range(indices.shape[1]):
-        row[indices[r, m]] += share
-
-
 @njit(**_JIT)
 def _selected_serial(grad, weight, indices, out):
     for r in range(out.shape[0]):
-        _selected_row(grad, weight, indices, out, r)
+        _scatter_row(out, r, indices, grad[r] * weight)
 
 
 @njit(parallel=True, **_JIT)
 def _selected_parallel(grad, weight, indices, out):
     for r in prange(out.shape[0]):
-        _selected_row(grad, weight, indices, out, r)
+        _scatter_row(out, r, indices, grad[r] * weight)
 
 
 def selected_grad(
