@@ -97,3 +97,48 @@ def test_torch_thread_count_survives_the_first_launch(layer):
         print("threads", before, after_kernel, torch.get_num_threads())
     """, layer, NUMBA_NUM_THREADS="3", OMP_NUM_THREADS="2")
     assert "threads 2 2 2" in out
+
+
+
+def _view_sums(options: dict):
+    """A compiled ``f(a, n)`` passing ``n`` views of ``a`` to another compiled function."""
+    from numba import njit
+
+    first = njit(inline="never", **options)(lambda a: a[0])
+
+    def view_sums(a, n):
+        total = 0.0
+        for i in range(n):
+            total += first(a[i:])
+        return total
+
+    return njit(**options)(view_sums)
+
+
+@pytest.mark.parametrize("allocating", [False, True])
+def test_reference_counting_only_where_arrays_are_allocated(allocating):
+    """Functions compiled with ``JIT`` count no references to the arrays they receive or
+    view (an atomic increment and decrement each otherwise) and cannot allocate; those
+    compiled with ``JIT_ALLOCATING`` can, and count them. The kernels that loop over rows
+    use ``JIT``."""
+    import numpy as np
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    from smoothtopk import hinge_cpu, perturbed_cpu
+    from smoothtopk._numba import JIT, JIT_ALLOCATING
+
+    options = {**(JIT_ALLOCATING if allocating else JIT), "cache": False}
+    view_sums = _view_sums(options)
+    assert view_sums(np.ones(5), 3) == 3.0
+    llvm = view_sums.inspect_llvm(view_sums.signatures[0])
+    assert ("NRT_incref" in llvm) == allocating
+    empty = njit(**options)(lambda n: np.empty(n))
+    if allocating:
+        assert empty(3).shape == (3,)
+    else:
+        with pytest.raises(TypingError):
+            empty(3)
+    for kernel in (perturbed_cpu._block_rows, perturbed_cpu._reveal_buckets,
+                   hinge_cpu._rows_parallel, hinge_cpu._selected_parallel):
+        assert kernel.targetoptions["_nrt"] is False

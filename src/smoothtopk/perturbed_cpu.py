@@ -85,6 +85,7 @@ import numpy as np
 from numba import njit, prange
 
 from smoothtopk._numba import JIT as _JIT
+from smoothtopk._numba import JIT_ALLOCATING as _JIT_ALLOCATING
 from smoothtopk._numba import parallel_threads
 
 __all__ = ["kth_draws"]
@@ -704,14 +705,14 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
         _chunk_tops(row, tops[:n_chunks])
         rest = _largest_from(row, _CHUNK * n_chunks)  # the columns after the chunks
         finite = _all_numbers(tops[:n_chunks]) and rest == rest
-        if finite:
-            _select_largest(tops[:n_chunks], k, select)
-            top = max(select[0], rest)
+        if finite:  # the broad test first: the k + 1 largest maxima serve step 1 only
+            top = max(_largest_below(tops[:n_chunks], np.inf), rest)
             if _is_broad(tops[:n_chunks], top, m, eps):
                 _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given,
                            out_val, out_col, top_val, top_col, order, bucket, cand_v,
                            noise_bits, tally)
                 return
+            _select_largest(tops[:n_chunks], k, select)
     if finite:
         count, u, finite = _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select)
     if not finite:
@@ -763,12 +764,12 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
         out_col[b] = top_col[k - 1]
 
 
-@njit(**_JIT)
+@njit(**_JIT_ALLOCATING)
 def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
            out_col):
     """Rows ``block·R/n_blocks`` to ``(block+1)·R/n_blocks``, with one set of scratch
-    buffers; row ``r`` draws from its own stream, keyed by ``(seed, r)``."""
-    rows, cols = x.shape
+    buffers (:func:`_block_rows`)."""
+    cols = x.shape[1]
     top_val = np.empty(k, dtype=np.float64)
     top_col = np.empty(k, dtype=np.int64)
     select = np.empty(k + 1, dtype=np.float64)
@@ -782,6 +783,18 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
     chosen = np.empty(cols // _CHUNK + 1, dtype=np.int64)
     picked = np.empty(cols, dtype=np.int64)
+    _block_rows(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
+                out_col, top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order,
+                bucket, tally, tops, chosen, picked)
+
+
+@njit(**_JIT)
+def _block_rows(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
+                out_col, top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order,
+                bucket, tally, tops, chosen, picked):
+    """The rows of :func:`_block` with its scratch buffers; row ``r`` draws from its own
+    stream, keyed by ``(seed, r)``."""
+    rows = x.shape[0]
     for r in range(block * rows // n_blocks, (block + 1) * rows // n_blocks):
         state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
         _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r], out_col[r],
@@ -789,13 +802,13 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
              tops, chosen, picked, tally)
 
 
-@njit(**_JIT)
+@njit(**_JIT_ALLOCATING)
 def _rows_serial(x, k, eps, n_samples, m, seed, perturbed, given, n_blocks, out_val,
                  out_col):
     _block(x, k, eps, n_samples, m, seed, perturbed, given, 0, 1, out_val, out_col)
 
 
-@njit(parallel=True, **_JIT)
+@njit(parallel=True, **_JIT_ALLOCATING)
 def _rows_parallel(x, k, eps, n_samples, m, seed, perturbed, given, n_blocks, out_val,
                    out_col):
     for block in prange(n_blocks):
