@@ -768,7 +768,7 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
 def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
            out_col):
     """Rows ``block·R/n_blocks`` to ``(block+1)·R/n_blocks``, with one set of scratch
-    buffers (:func:`_block_rows`)."""
+    buffers, allocated here and used by :func:`_block_rows`, which counts no references."""
     cols = x.shape[1]
     top_val = np.empty(k, dtype=np.float64)
     top_col = np.empty(k, dtype=np.int64)
