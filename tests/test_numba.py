@@ -1,8 +1,10 @@
-"""Tests of the launch of the parallel CPU kernels (:mod:`smoothtopk._numba`).
+"""Tests of :mod:`smoothtopk._numba`: the launch of the parallel CPU kernels, and the
+compile options.
 
-Each case runs in a subprocess: what they guard against ends a process (numba aborts on
-concurrent work-queue launches and terminates a forked child that launches GNU OpenMP
-kernels after its parent), and the threading layer is chosen once per process.
+Each launch case runs in a subprocess: what they guard against ends a process (numba aborts
+on concurrent work-queue launches and terminates a forked child that launches GNU OpenMP
+kernels after its parent), and the threading layer is chosen once per process. The
+options are tested in this process, importing numba there only.
 """
 
 from __future__ import annotations
