@@ -19,6 +19,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from numba import njit
 
 from sampling_checks import (
     Z_MAX,
@@ -330,6 +331,31 @@ def test_select_many_gives_the_k_best_in_topk_order(n, k, values):
     assert top_col.tolist() == [cols[i] for i in best]
 
 
+@pytest.mark.parametrize("values", ["normal", "ties"])
+@pytest.mark.parametrize("k", [1, 6, 30])
+def test_head_best_gives_the_k_best_whatever_the_guess(values, k):
+    """A broad row's head (``_head_best``): the k best of 30 entries in torch.topk's order,
+    for guesses that let every entry, some, exactly k, fewer than k (then every entry
+    enters: the guess failed) or none through; the return value says whether at least k
+    reached the guess."""
+    rng = np.random.default_rng(k)
+    n = 30
+    for _ in range(40):
+        vals = (rng.standard_normal(n) if values == "normal"
+                else rng.integers(0, 4, n).astype(float))
+        order = rng.permutation(4 * n)[:n].astype(np.uint32)
+        ranked = np.sort(vals)[::-1]
+        best = sorted(range(n), key=lambda i: (-vals[i], order[i]))[:k]
+        for guess in (-np.inf, ranked[min(2 * k, n - 1)], ranked[k - 1],
+                      np.nextafter(ranked[k - 1], np.inf), np.inf):
+            top_val, top_col = np.full(k, -np.inf), np.full(k, 4 * n, np.int64)
+            held = perturbed_cpu._head_best(vals, order, n, k, guess, top_val, top_col,
+                                            np.empty(n, np.int64))
+            assert held == (int((vals >= guess).sum()) >= k)
+            assert top_val.tolist() == [vals[i] for i in best]
+            assert top_col.tolist() == [int(order[i]) for i in best]
+
+
 def test_batched_gaussians_have_the_normal_law():
     """``_normals`` (first steps vectorised, rare draws finished one by one): mean,
     variance and tail frequencies of 400 000 draws within 4 s.e., and independent of the
@@ -385,8 +411,9 @@ def test_threshold_of_the_chunk_maxima(kind, epsilon):
 
 def test_levels_lie_below_the_threshold_on_the_grid():
     """``_level(a)``: the largest grid point at least 2⁻²⁰ below ``a`` (the grid's last beyond
-    it, −∞ below it and for NaN), with its exact tail ``Φ̄``, ``log(1 − Φ̄)`` and the rate
-    of Robert's sampler; on and between grid points, at their edges and far off the grid."""
+    it, −∞ below it and for NaN), with its exact tail ``Φ̄``, ``1/log(1 − Φ̄)``, the rate
+    of Robert's sampler and its inverse; on and between grid points, at their edges and far
+    off the grid."""
     gen = np.random.default_rng(2)
     grid = perturbed_cpu._GRID_A
     slack = perturbed_cpu._GRID_SLACK
@@ -394,15 +421,16 @@ def test_levels_lie_below_the_threshold_on_the_grid():
                              np.nextafter(grid, 20), grid + slack, grid + slack / 2,
                              [40.0, 1e3, -1e3, math.inf, -math.inf, math.nan]])
     for a in points:
-        q, log_fail, a_q, rate = perturbed_cpu._level(a)
+        q, inv_log_fail, a_q, rate, inv_rate = perturbed_cpu._level(a)
         below = grid[grid <= a - slack] if a == a else grid[:0]
         if below.size == 0:
-            assert (q, log_fail, a_q) == (1.0, -math.inf, -math.inf)
+            assert (q, a_q) == (1.0, -math.inf)  # every trial proposed: no gap, no rate
             continue
         assert a_q == below[-1]
         assert math.isclose(q, 0.5 * math.erfc(a_q / math.sqrt(2)), rel_tol=1e-12)
-        assert math.isclose(log_fail, math.log1p(-q), rel_tol=1e-14)
+        assert math.isclose(inv_log_fail, 1.0 / math.log1p(-q), rel_tol=1e-14)
         assert math.isclose(rate, 0.5 * (a_q + math.sqrt(a_q * a_q + 4.0)), rel_tol=1e-15)
+        assert math.isclose(inv_rate, 1.0 / rate, rel_tol=1e-15)
 
 
 @pytest.mark.parametrize("level", [-math.inf, -3.0, -0.5, 0.0, 0.4, 1.5, 4.0, 10.0])
@@ -417,11 +445,12 @@ def test_truncated_gaussians_have_the_truncated_law(level):
         mean = math.exp(-0.5 * level * level) / math.sqrt(2 * math.pi) / tail
         var = 1.0 + level * mean - mean * mean
     rate = 0.0 if level == -math.inf else 0.5 * (level + math.sqrt(level * level + 4.0))
+    inv_rate = 0.0 if rate == 0.0 else 1.0 / rate
     n = 20000
     draws = np.empty(n)
     state = np.uint64(20261124)
     for i in range(n):
-        state, draws[i] = perturbed_cpu._normal_above(state, level, rate)
+        state, draws[i] = perturbed_cpu._normal_above(state, level, rate, inv_rate)
         state = np.uint64(state)
     assert (draws > level).all()
     assert abs(draws.mean() - mean) <= Z_MAX * math.sqrt(var / n)
@@ -433,21 +462,58 @@ def test_truncated_gaussians_have_the_truncated_law(level):
         assert abs((draws > cut).mean() - p) <= Z_MAX * math.sqrt(p * (1 - p) / n)
 
 
-def test_geometric_shortcut_agrees_with_the_logarithm():
-    """Gaps settled by log V <= V − 1 (returned as inf) do pass the limit; the others are
-    ⌊log V / log(1 − q)⌋."""
-    for q in (1e-30, 1e-12, 1e-4, 0.01, 0.3, 0.9):
-        log_fail = math.log1p(-q)
-        for limit in (1, 10, 1000, 10**6):
-            for seed in range(200):
-                state = np.uint64(seed * 7919 + 1)
-                _, gap = perturbed_cpu._geometric(state, q, log_fail, limit)
-                _, v = perturbed_cpu._uniform(state)
-                exact = math.floor(math.log(v) / log_fail)
-                if math.isinf(gap):
-                    assert exact >= limit
-                else:
-                    assert gap == exact
+def test_exponentials_have_the_exponential_law():
+    """``_exponential`` (256-layer ziggurat): mean, variance and tail frequencies of 400 000
+    draws within 4 s.e. (beyond the base strip's edge r = 7.7 too, through a shifted
+    count), every draw positive."""
+    n = 400_000
+    e = _fill_exponentials(np.uint64(7), np.empty(n))
+    assert (e >= 0).all()
+    assert abs(e.mean() - 1.0) <= Z_MAX / math.sqrt(n)
+    assert abs(e.var() - 1.0) <= Z_MAX * math.sqrt(8.0 / n)  # Var((E − 1)²) = 8
+    for level in (0.1, 0.5, 1.0, 3.0, 6.0, 7.5):
+        p = math.exp(-level)
+        assert abs(np.mean(e > level) - p) <= Z_MAX * math.sqrt(p * (1 - p) / n)
+    tail = e[e > 6.0] - 6.0  # memoryless: Exp(1) again, across the edge at 7.7
+    assert abs(tail.mean() - 1.0) <= Z_MAX / math.sqrt(tail.size)
+
+
+@njit
+def _fill_exponentials(state, out):
+    for i in range(out.shape[0]):
+        state, out[i] = perturbed_cpu._exponential(state)
+    return out
+
+
+@pytest.mark.parametrize("q", [1e-30, 1e-12, 1e-4, 0.01, 0.3, 0.9])
+def test_geometric_gaps_are_floors_of_exponentials(q):
+    """``_geometric``: ``⌊E / −log(1 − q)⌋`` from the stream's next exponential, ``inf`` once
+    that reaches the limit; 0 for ``q = 1`` and ``inf`` for ``q = 0``; and the law
+    ``P(gap >= n) = (1 − q)^n`` for 20 000 gaps (4 s.e.)."""
+    level = (q, 1.0 / math.log1p(-q), 0.0, 0.0, 0.0)
+    for limit in (1, 10, 1000, 10**6):
+        for seed in range(100):
+            state = np.uint64(seed * 7919 + 1)
+            _, gap = perturbed_cpu._geometric(state, level, limit)
+            _, e = perturbed_cpu._exponential(state)
+            exact = math.floor(e / -math.log1p(-q))
+            assert gap == (math.inf if exact >= limit else exact)
+    gaps = _gaps(np.uint64(99), level, 20000)
+    for n in (1, 2, 10):
+        p = (1.0 - q) ** n
+        freq = np.mean(gaps >= n)
+        assert abs(freq - p) <= Z_MAX * math.sqrt(p * (1 - p) / gaps.size) + 1e-12
+    assert perturbed_cpu._geometric(np.uint64(1), (1.0, -0.0, -math.inf, 0.0, 0.0), 5)[1] == 0
+    assert math.isinf(perturbed_cpu._geometric(np.uint64(1), (0.0, -0.0, 10.0, 0.0, 0.0),
+                                               5)[1])
+
+
+@njit
+def _gaps(state, level, n):
+    out = np.empty(n)
+    for i in range(n):
+        state, out[i] = perturbed_cpu._geometric(state, level, 1e300)
+    return out
 
 
 def test_exceedance_columns_are_bernoulli_trials():

@@ -37,12 +37,11 @@ Algorithm, per row (rows in parallel, each with its own random stream):
    the new ``T`` (each trial's probability depends only on what was drawn before it, so
    the trials stay exact).
 
-   * Levels lie on a grid of step 1/64 over [−8, 10], with ``Φ̄``, ``log(1 − Φ̄)`` and
-     the truncated sampler's rate tabulated: ``a_q`` is the grid point at least 2⁻²⁰ below
-     ``(T − top)/ε`` (``top`` >= the stretch's scores; 10 beyond the grid, −∞ below it),
-     a slack far above float rounding, so that ``x_j + εW > T`` implies ``W > a_q``.
-     Geometric gaps that certainly pass the end of the row are settled by
-     ``log V <= V − 1``, without a logarithm.
+   * Levels lie on a grid of step 1/64 over [−8, 10], with ``Φ̄``, ``1/log(1 − Φ̄)``, the
+     truncated sampler's rate and its inverse tabulated: ``a_q`` is the grid point at least
+     2⁻²⁰ below ``(T − top)/ε`` (``top`` >= the stretch's scores; 10 beyond the grid, −∞
+     below it), a slack far above float rounding, so that ``x_j + εW > T`` implies
+     ``W > a_q``. A geometric gap is ``⌊E / −log(1 − q)⌋``, ``E`` ~ Exp(1).
    * Common level, below ``(T − u)/ε``, over the columns in order (a proposal that falls
      on a candidate is discarded: its noise is drawn already).
    * When that would propose many columns (ε large against the spread of the scores, e.g.
@@ -53,7 +52,11 @@ Algorithm, per row (rows in parallel, each with its own random stream):
    * A broad row is ordered so from the outset, every class by buckets of width ``ε/8``
      below the row's largest score (128 buckets, so that the open-ended last one stays
      light); per draw, the first ``k + 24`` classes of that order play the candidates' part
-     (step 2) and the rest of the order is revealed as above.
+     (step 2) and the rest of the order is revealed as above. Only those of the ``k + 24``
+     perturbed values that reach a guess, ``ε/4`` below the lowest of the first ``k``
+     scores, enter the buffer (some 15 of them at ε = 1 on N(0, 1) scores), when at least
+     ``k`` do: they then hold the ``k`` largest. Else all enter, and the row's later draws
+     guess ``ε/2`` lower.
 4. A non-candidate never proposed, or rejected, has ``x_j + εZ_j <= T`` for the ``T`` of its
    trial, which only rises; at least ``k`` revealed entries are ``>= T``. So the k largest
    of the row are the k largest revealed entries, and their k-th is the answer.
@@ -71,15 +74,17 @@ per draw. Memory: ``O(C)`` scratch per thread; nothing of size ``B·R·C``.
 
 Random numbers: SplitMix64 (Steele, Lea, Flood, OOPSLA 2014) streams, one per row, keyed by
 a seed drawn from the caller's :class:`torch.Generator` and the row index, so results depend
-on the generator's state only (not on the number of threads). Gaussians: the 256-layer
-ziggurat of Marsaglia and Tsang (J. Stat. Softw., 2000), with Marsaglia's tail method;
-truncated Gaussians above ``a > 0``: Robert's exponential rejection (Statistics and
-Computing, 1995), and plain rejection for ``a <= 0``.
+on the generator's state only (not on the number of threads). Gaussians and exponentials:
+the 256-layer ziggurats of Marsaglia and Tsang (J. Stat. Softw., 2000), with Marsaglia's
+tail method for the Gaussian; truncated Gaussians above ``a > 0``: Robert's exponential
+rejection (Statistics and Computing, 1995), ``Z = a + E₁/λ`` accepted when
+``E₂ >= (Z − λ)²/2`` (two exponentials, no logarithm), and plain rejection for ``a <= 0``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit, prange
@@ -120,6 +125,11 @@ _SORT_FRACTION = 1.0 / 32.0
 #: search, and their first ``k + _BROAD_FULL`` classes in that order are drawn in full.
 _BROAD_SPREAD = 4.0
 _BROAD_FULL = 24
+#: Of those, the perturbed values that reach the lowest of the first ``k`` scores minus
+#: ``_HEAD_GUESS·ε`` enter the buffer (when at least ``k`` do; after a draw where fewer did,
+#: the row's guess falls by ``_HEAD_RETRY·ε``): speed only.
+_HEAD_GUESS = 0.25
+_HEAD_RETRY = 0.5
 #: Buckets of a broad row's order, below its largest score: twice as many as ``u`` needs, so
 #: that the open-ended last one stays light (a heavy bucket serialises the counting sort).
 #: Both counts stay below 255: bucket ids are uint8 (:func:`_bucket_order`).
@@ -130,22 +140,29 @@ _BROAD_BUCKETS = 2 * _N_BUCKETS
 _REASSOC = {"reassoc", "nsz", "contract"}
 
 
-def _ziggurat_tables(layers: int = 256, r: float = 3.6541528853610088,
-                     area: float = 0.00492867323399) -> tuple[np.ndarray, np.ndarray]:
-    """Layer edges ``x`` (descending, ``x[layers] = 0``) and ``f(x) = exp(−x²/2)`` of the
-    256-layer ziggurat of Marsaglia and Tsang (J. Stat. Softw. 2000) for N(0, 1): layer 0
-    is the base strip (rectangle under ``f(r)`` plus the tail), each layer has area
+def _ziggurat_tables(density: Callable[[float], float], inverse: Callable[[float], float],
+                     r: float, area: float, layers: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Layer edges ``x`` (descending, ``x[layers] = 0``) and ``f(x)`` of the ziggurat of
+    Marsaglia and Tsang (J. Stat. Softw. 2000) for the decreasing density ``f = density``
+    on ``x > 0`` (``inverse`` its inverse; unnormalised, ``f(0) = 1``): layer 0 is the base
+    strip (rectangle under ``f(r)`` plus the tail beyond ``r``), each layer has area
     ``area``."""
     x = np.zeros(layers + 1)
-    x[0] = area / math.exp(-0.5 * r * r)
+    x[0] = area / density(r)
     x[1] = r
     for i in range(1, layers - 1):
-        x[i + 1] = math.sqrt(-2.0 * math.log(area / x[i] + math.exp(-0.5 * x[i] * x[i])))
-    return x, np.exp(-0.5 * x * x)
+        x[i + 1] = inverse(area / x[i] + density(x[i]))
+    return x, np.array([density(v) for v in x])
 
 
-_ZIG_X, _ZIG_F = _ziggurat_tables()
+#: N(0, 1) (for |Z|; the sign comes from one more bit) and Exp(1), 256 layers each.
+_ZIG_X, _ZIG_F = _ziggurat_tables(lambda x: math.exp(-0.5 * x * x),
+                                  lambda y: math.sqrt(-2.0 * math.log(y)),
+                                  3.6541528853610088, 0.00492867323399)
 _ZIG_R = float(_ZIG_X[1])
+_EXP_X, _EXP_F = _ziggurat_tables(lambda x: math.exp(-x), lambda y: -math.log(y),
+                                  7.69711747013104972, 0.0039496598225815571993)
+_EXP_R = float(_EXP_X[1])
 
 
 @njit(inline="always", **_JIT)
@@ -177,6 +194,24 @@ def _rectangle(bits):
     i = int(bits & _BYTE)
     sign = 1.0 - 2.0 * float((bits >> _S8) & _BIT)
     return float(bits >> _S11) * _TWO_M53 * _ZIG_X[i], i, sign
+
+
+@njit(inline="always", **_JIT)
+def _exponential(state):
+    """An Exp(1) draw: the 256-layer ziggurat (layer from 8 random bits, abscissa from 53;
+    beyond ``r``, ``r`` plus a fresh exponential)."""
+    while True:
+        state, bits = _bits(state)
+        i = int(bits & _BYTE)
+        e = float(bits >> _S11) * _TWO_M53 * _EXP_X[i]
+        if e < _EXP_X[i + 1]:  # inside the layer's rectangle under the curve
+            return state, e
+        if i == 0:  # the tail beyond r: memoryless
+            state, u = _uniform(state)
+            return state, _EXP_R - math.log(u)
+        state, u = _uniform(state)
+        if _EXP_F[i] + u * (_EXP_F[i + 1] - _EXP_F[i]) < math.exp(-e):
+            return state, e
 
 
 @njit(inline="always", **_JIT)
@@ -230,66 +265,73 @@ def _normal_from(state, bits):
 
 
 @njit(inline="always", **_JIT)
-def _normal_above(state, a, rate):
+def _normal_above(state, a, rate, inv_rate):
     """A draw of Z ~ N(0, 1) conditioned on Z > a (``a = −∞``: unconditioned); ``rate``
-    (used for ``a > 0``): ``(a + √(a² + 4))/2``, the rate of Robert's exponential proposal."""
+    (used for ``a > 0``, with ``inv_rate = 1/rate``): ``λ = (a + √(a² + 4))/2``, the rate
+    of Robert's exponential proposal ``Z = a + E₁/λ``, accepted with probability
+    ``exp(−(Z − λ)²/2)``, i.e. when an exponential ``E₂ >= (Z − λ)²/2``."""
     if a <= 0.0:  # plain rejection: acceptance P(Z > a) >= 1/2
         while True:
             state, z = _normal(state)
             if z > a:
                 return state, z
     while True:  # Robert (1995): acceptance >= 0.76
-        state, u1 = _uniform(state)
-        state, u2 = _uniform(state)
-        z = a - math.log(u1) / rate
-        bound = -0.5 * (z - rate) ** 2
-        if u2 - 1.0 <= bound or math.log(u2) <= bound:  # log u <= u − 1: most skip the log
+        state, e1 = _exponential(state)
+        z = a + e1 * inv_rate
+        state, e2 = _exponential(state)
+        if e2 >= 0.5 * (z - rate) ** 2:
             return state, z
 
 
 def _grid(lo: float = -8.0, hi: float = 10.0, per_unit: int = 64):
     """Levels ``a_i = lo + i/per_unit`` of the trials' proposals, with ``Φ̄(a_i)``,
-    ``log(1 − Φ̄(a_i))`` and the rate of Robert's sampler above ``a_i``."""
+    ``1/log(1 − Φ̄(a_i))``, the rate of Robert's sampler above ``a_i`` and its inverse
+    (multiplications in the draws instead of divisions)."""
     grid = lo + np.arange(int((hi - lo) * per_unit) + 1) / per_unit
     tail = np.array([0.5 * math.erfc(a * _SQRT_HALF) for a in grid])
-    return grid, tail, np.log1p(-tail), 0.5 * (grid + np.sqrt(grid * grid + 4.0))
+    rate = 0.5 * (grid + np.sqrt(grid * grid + 4.0))
+    return grid, tail, 1.0 / np.log1p(-tail), rate, 1.0 / rate
 
 
 _GRID_LO, _GRID_HI, _GRID_PER_UNIT = -8.0, 10.0, 64.0
-_GRID_A, _GRID_TAIL, _GRID_LOG_FAIL, _GRID_RATE = _grid(_GRID_LO, _GRID_HI, int(_GRID_PER_UNIT))
+_GRID_A, _GRID_TAIL, _GRID_INV_LOG_FAIL, _GRID_RATE, _GRID_INV_RATE = _grid(
+    _GRID_LO, _GRID_HI, int(_GRID_PER_UNIT))
 #: A proposal level lies at least this far below the threshold it serves (float slack).
 _GRID_SLACK = 2.0**-20
 
 
 @njit(inline="always", **_JIT)
 def _level(a):
-    """The proposal level of trials whose thresholds ``(T − x_j)/ε`` are all ``>= a``:
-    ``(q, log(1 − q), a_q, rate)`` with ``a_q`` the largest grid point ``<= a − 2⁻²⁰``
-    (the grid's last, 10, beyond it; ``−∞`` below the grid or for a NaN), ``q = Φ̄(a_q)``
-    and Robert's rate above ``a_q`` (:func:`_normal_above`)."""
+    """The proposal level of trials whose thresholds ``(T − x_j)/ε`` are all ``>= a``, as a
+    tuple ``(q, 1/log(1 − q), a_q, rate, 1/rate)`` with ``a_q`` the largest grid point
+    ``<= a − 2⁻²⁰`` (the grid's last, 10, beyond it; ``−∞`` below the grid or for a NaN),
+    ``q = Φ̄(a_q)`` and Robert's rate above ``a_q`` (:func:`_normal_above`)."""
     if not a >= _GRID_LO + _GRID_SLACK:  # every trial is a proposal of an unconditioned Z
-        return 1.0, -np.inf, -np.inf, 0.0
+        return 1.0, -0.0, -np.inf, 0.0, 0.0
     i = _GRID_A.shape[0] - 1
     if a < _GRID_HI:
         i = int((a - _GRID_LO) * _GRID_PER_UNIT)
     while _GRID_A[i] > a - _GRID_SLACK:  # near a grid point: the one below
         i -= 1
-    return _GRID_TAIL[i], _GRID_LOG_FAIL[i], _GRID_A[i], _GRID_RATE[i]
+    return (_GRID_TAIL[i], _GRID_INV_LOG_FAIL[i], _GRID_A[i], _GRID_RATE[i],
+            _GRID_INV_RATE[i])
 
 
 @njit(inline="always", **_JIT)
-def _geometric(state, q, log_fail, limit):
-    """Failures before the first success of Bernoulli(q) trials, as a float; ``inf`` when
-    they reach ``limit`` (``log_fail = log(1 − q)``). ``log U <= U − 1`` settles most calls
-    with a tiny ``q`` without a logarithm."""
+def _geometric(state, level, limit):
+    """Failures before the first success of Bernoulli(q) trials at a ``level`` of
+    :func:`_level`, as a float: ``⌊E / −log(1 − q)⌋`` with ``E`` ~ Exp(1); ``inf`` when they
+    reach ``limit``."""
+    q, inv_log_fail = level[0], level[1]
     if q >= 1.0:
         return state, 0.0
     if not q > 0.0:
         return state, np.inf
-    state, u = _uniform(state)
-    if u - 1.0 <= limit * log_fail:  # then log(u) / log_fail >= limit
+    state, e = _exponential(state)
+    gap = -e * inv_log_fail
+    if gap >= limit:
         return state, np.inf
-    return state, np.floor(math.log(u) / log_fail)  # float: may exceed int64
+    return state, np.floor(gap)  # float: may exceed int64
 
 
 @njit(inline="always", **_JIT)
@@ -601,11 +643,11 @@ def _bucket_order(row, u, width, n_buckets, order, bucket, every, tally):
 
 
 @njit(inline="always", **_JIT)
-def _trial(state, xj, j, eps, a_q, rate, top_val, top_col, k):
-    """The proposal of column ``j`` (score ``xj``) at the level ``a_q`` (:func:`_level`):
+def _trial(state, xj, j, eps, level, top_val, top_col, k):
+    """The proposal of column ``j`` (score ``xj``) at a ``level`` of :func:`_level`:
     ``W`` ~ N(0, 1) conditioned on ``W > a_q``, accepted when ``x_j + εW`` beats the k-th
     entry, which it then replaces. Returns the stream's state and whether ``T`` rose."""
-    state, z = _normal_above(state, a_q, rate)
+    state, z = _normal_above(state, level[2], level[3], level[4])
     value = xj + eps * z
     if _beats(value, j, top_val[k - 1], top_col[k - 1]):
         _insert(top_val, top_col, k, value, j)
@@ -621,29 +663,29 @@ def _reveal_buckets(state, row, order, bucket, others, u, width, eps, top_val, t
     position (:func:`_level`), recomputed when the bucket changes or ``T`` rises."""
     current = -1
     stale = True
-    q = log_fail = a_q = rate = 0.0
+    level = _level(np.nan)  # replaced at once (stale)
+    inv_eps = 1.0 / eps
     while pos < others:
         if stale or bucket[order[pos]] != current:
             current = bucket[order[pos]]  # every class from pos on has x_j <= u − current·width
             hi = u - current * width * (1.0 - 1e-9)  # float slack: x_j <= hi
-            q, log_fail, a_q, rate = _level((top_val[k - 1] - hi) / eps)
+            level = _level((top_val[k - 1] - hi) * inv_eps)
             stale = False
-        state, gap = _geometric(state, q, log_fail, others - pos)
+        state, gap = _geometric(state, level, others - pos)
         if pos + gap >= others:
             return state
         pos += int(gap)
         j = order[pos]
         pos += 1
-        state, stale = _trial(state, float(row[j]), j, eps, a_q, rate, top_val, top_col, k)
+        state, stale = _trial(state, float(row[j]), j, eps, level, top_val, top_col, k)
     return state
 
 
 @njit(**_JIT)
-def _reveal_columns(state, row, u, eps, top_val, top_col, k, q, log_fail, a_q, rate, gap):
+def _reveal_columns(state, row, u, eps, top_val, top_col, k, level, gap):
     """Step 3 over every column in turn at the common level of ``x_j < u`` (a proposal
     that falls on a candidate is discarded: its noise is drawn already), from the first
-    gap (drawn by the caller at the level ``(q, log(1 − q), a_q, rate)`` of
-    :func:`_level`)."""
+    gap (drawn by the caller at that ``level`` of :func:`_level`)."""
     cols = row.shape[0]
     pos = 0
     while pos + gap < cols:
@@ -651,10 +693,10 @@ def _reveal_columns(state, row, u, eps, top_val, top_col, k, q, log_fail, a_q, r
         pos = j + 1
         xj = float(row[j])
         if xj < u:
-            state, stale = _trial(state, xj, j, eps, a_q, rate, top_val, top_col, k)
+            state, stale = _trial(state, xj, j, eps, level, top_val, top_col, k)
             if stale:
-                q, log_fail, a_q, rate = _level((top_val[k - 1] - u) / eps)
-        state, gap = _geometric(state, q, log_fail, cols - pos)
+                level = _level((top_val[k - 1] - u) / eps)
+        state, gap = _geometric(state, level, cols - pos)
     return state
 
 
@@ -666,28 +708,64 @@ def _is_broad(tops, top, m, eps):
 
 
 @njit(**_JIT)
+def _head_best(values, order, full, k, guess, top_val, top_col, picked):
+    """``top_val[:k]``, ``top_col[:k]`` (reset by the caller) = the ``k`` best of the
+    ``full >= k`` entries ``(values[i], order[i])`` in torch.topk's order of finite values,
+    inserting only those that reach ``guess`` when at least ``k`` do (they then hold the
+    ``k`` best), listed first without a branch per entry (``picked``: scratch); else every
+    entry. Returns whether the guess held."""
+    kept = 0
+    for i in range(full):
+        picked[kept] = i
+        kept += values[i] >= guess
+    if kept < k:
+        for i in range(full):
+            if _beats(values[i], order[i], top_val[k - 1], top_col[k - 1]):
+                _insert(top_val, top_col, k, values[i], order[i])
+        return False
+    for t in range(kept):
+        i = picked[t]
+        if _beats(values[i], order[i], top_val[k - 1], top_col[k - 1]):
+            _insert(top_val, top_col, k, values[i], order[i])
+    return True
+
+
+@njit(**_JIT)
 def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val, out_col,
-               top_val, top_col, order, bucket, noise, noise_bits, tally):
+               top_val, top_col, order, bucket, noise, noise_bits, tally, head_x, picked):
     """A broad row (see ``_BROAD_SPREAD``): every class ordered by buckets of width
     ``ε/8`` below the row's largest score ``top``; per draw, the first
-    ``k + _BROAD_FULL`` classes of the order drawn in full, the others revealed lazily
-    (:func:`_reveal_buckets`; on given draws, each trial read from them)."""
+    ``k + _BROAD_FULL`` classes of the order (the head, their scores gathered once in
+    ``head_x``) drawn in full into ``noise`` and filtered by a guess (:func:`_head_best`),
+    the others revealed lazily (:func:`_reveal_buckets`; on given draws, each trial read
+    from them)."""
     cols = row.shape[0]
     width = eps * _BUCKET_WIDTH
     _bucket_order(row, top, width, _BROAD_BUCKETS, order, bucket, True, tally)
     full = min(k + _BROAD_FULL, cols)
+    for i in range(full):
+        head_x[i] = float(row[order[i]])
+    guess = _smallest(head_x[:k]) - _HEAD_GUESS * eps
     for b in range(n_samples):
         for i in range(k):
             top_val[i] = -np.inf
             top_col[i] = cols  # below every entry in torch.topk's order
-        if not given:
+        if given:
+            for i in range(full):
+                noise[i] = float(perturbed[b, r, order[i]])
+        else:
             state = _normals(state, noise[:full], noise_bits[:full])
-        for i in range(cols if given else full):  # given: every trial read from the draws
-            j = order[i]
-            v = float(perturbed[b, r, j]) if given else float(row[j]) + eps * noise[i]
-            if _beats(v, j, top_val[k - 1], top_col[k - 1]):
-                _insert(top_val, top_col, k, v, j)
-        if not given:
+            for i in range(full):
+                noise[i] = head_x[i] + eps * noise[i]
+        if not _head_best(noise, order, full, k, guess, top_val, top_col, picked):
+            guess -= _HEAD_RETRY * eps
+        if given:  # every trial read from the draws
+            for i in range(full, cols):
+                j = order[i]
+                v = float(perturbed[b, r, j])
+                if _beats(v, j, top_val[k - 1], top_col[k - 1]):
+                    _insert(top_val, top_col, k, v, j)
+        else:
             state = _reveal_buckets(state, row, order, bucket, cols, top, width, eps,
                                     top_val, top_col, k, full)
         out_val[b] = top_val[k - 1]
@@ -710,7 +788,7 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
             if _is_broad(tops[:n_chunks], top, m, eps):
                 _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given,
                            out_val, out_col, top_val, top_col, order, bucket, cand_v,
-                           noise_bits, tally)
+                           noise_bits, tally, cand_x, picked)
                 return
             _select_largest(tops[:n_chunks], k, select)
     if finite:
@@ -748,18 +826,18 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
                 if float(row[j]) < u and _beats(v, j, top_val[k - 1], top_col[k - 1]):
                     _insert(top_val, top_col, k, v, j)
         else:  # 3. the other classes, revealed lazily
-            q, log_fail, a_q, rate = _level((top_val[k - 1] - u) / eps)
-            if not sorted_ and q * others > _SORT_FRACTION * cols + 8.0:
+            level = _level((top_val[k - 1] - u) / eps)
+            if not sorted_ and level[0] * others > _SORT_FRACTION * cols + 8.0:
                 _bucket_order(row, u, width, _N_BUCKETS, order, bucket, False, tally)
                 sorted_ = True
             if sorted_:
                 state = _reveal_buckets(state, row, order, bucket, others, u, width, eps,
                                         top_val, top_col, k, 0)
             else:  # usually no proposal at all: the first gap passes the end of the row
-                state, gap = _geometric(state, q, log_fail, cols)
+                state, gap = _geometric(state, level, cols)
                 if gap < cols:
-                    state = _reveal_columns(state, row, u, eps, top_val, top_col, k, q,
-                                            log_fail, a_q, rate, gap)
+                    state = _reveal_columns(state, row, u, eps, top_val, top_col, k, level,
+                                            gap)
         out_val[b] = top_val[k - 1]
         out_col[b] = top_col[k - 1]
 
