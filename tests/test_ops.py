@@ -109,6 +109,20 @@ def test_backward_saves_only_indices(given_noise):
     assert saved[0].numel() == 8 * 7
 
 
+@pytest.mark.parametrize("op", ["topk_sum", "kth_largest", "smooth_topk_sum",
+                                "smooth_kth_largest"])
+def test_rows_along_the_last_dim_get_no_view_node(op):
+    """On (N, C) rows along the last dim the operator's own node is the output's (no
+    reshape recorded for autograd to run back); other shapes are reshaped."""
+    fn = {"topk_sum": topk_sum, "kth_largest": kth_largest,
+          "smooth_topk_sum": smooth_topk_sum, "smooth_kth_largest": smooth_kth_largest}[op]
+    x = torch.randn(4, 9, requires_grad=True)
+    name = type(fn(x, 2).grad_fn).__name__
+    assert "SelectedSum" in name or "SampledKth" in name
+    assert fn(x.reshape(2, 2, 9), 2).shape == (2, 2)
+    assert fn(x, 2, dim=0).shape == (9,)
+
+
 # ------------------------------------------------------------------- perturbed, given noise
 
 

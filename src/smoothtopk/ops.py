@@ -87,6 +87,13 @@ def _rows(x: Tensor, dim: object) -> tuple[Tensor, int, torch.Size]:
     return moved.reshape(-1, x.shape[dim]), dim, moved.shape[:-1]
 
 
+def _shaped(out: Tensor, out_shape: torch.Size) -> Tensor:
+    """``out`` (one value per row) in the output shape; as is when it has that shape already
+    (rows of a 2-d ``x`` along its last dim, as the losses' scores): no view node for
+    autograd to record and run back."""
+    return out if out.shape == out_shape else out.reshape(out_shape)
+
+
 def _noise_rows(noise: object, x: Tensor, dim: int, n_samples: int) -> Tensor:
     """Validate ``noise`` of shape ``(n_samples, *x.shape)``; view it as ``(B, rows, C)``."""
     if not isinstance(noise, Tensor):
@@ -162,7 +169,7 @@ def topk_sum(x: Tensor, k: int, dim: int = -1) -> Tensor:
     k = check_k(k, x2d.shape[1])
     with torch.no_grad():
         values, indices = torch.topk(x2d, k, dim=-1)
-    return _SelectedSum.apply(x2d, values, indices, 1.0).reshape(out_shape)
+    return _shaped(_SelectedSum.apply(x2d, values, indices, 1.0), out_shape)
 
 
 def kth_largest(x: Tensor, k: int, dim: int = -1) -> Tensor:
@@ -177,7 +184,7 @@ def kth_largest(x: Tensor, k: int, dim: int = -1) -> Tensor:
     with torch.no_grad():
         values, indices = _kth_largest_with_index(x2d, k)
     out = _SelectedSum.apply(x2d, values.unsqueeze(-1), indices.unsqueeze(-1), 1.0)
-    return out.reshape(out_shape)
+    return _shaped(out, out_shape)
 
 
 def _check_draw_args(
@@ -233,7 +240,7 @@ def smooth_topk_sum(
         values = values.permute(1, 0, 2).reshape(rows, -1)
         indices = indices.permute(1, 0, 2).reshape(rows, -1)
     out = _SelectedSum.apply(x2d, values, indices, 1.0 / n_samples)
-    return out.reshape(out_shape)
+    return _shaped(out, out_shape)
 
 
 def smooth_kth_largest(
@@ -263,10 +270,11 @@ def smooth_kth_largest(
     if epsilon == 0.0:
         return kth_largest(x, k, dim)
     if noise2d is None and compiled_on_cpu(x2d):  # one node: draws and their mean
-        return cpu_smooth_kth(x2d, k, epsilon, n_samples, generator).reshape(out_shape)
-    values, indices = _smooth_kth_draws(x2d, k, epsilon, n_samples, generator, noise2d)
-    out = _SelectedSum.apply(x2d, values, indices, 1.0 / n_samples)
-    return out.reshape(out_shape)
+        out = cpu_smooth_kth(x2d, k, epsilon, n_samples, generator)
+    else:
+        values, indices = _smooth_kth_draws(x2d, k, epsilon, n_samples, generator, noise2d)
+        out = _SelectedSum.apply(x2d, values, indices, 1.0 / n_samples)
+    return _shaped(out, out_shape)
 
 
 def _smooth_kth_draws(
