@@ -377,11 +377,26 @@ def _select_many(vals, cols, n, k, top_val, top_col, picked):
     for i in range(k):
         top_val[i] = -np.inf
         top_col[i] = np.iinfo(np.int64).max  # below every entry in torch.topk's order
-    kept = 0
+    _insert_listed(vals, cols, picked, _list_reaching(vals, n, floor, picked), k, top_val,
+                   top_col)
+
+
+@njit(inline="always", **_JIT)
+def _list_reaching(vals, n, floor, picked):
+    """``picked[:count]`` = the positions ``i < n`` where ``vals[i] >= floor``, in order,
+    listed without a branch per entry; returns ``count``."""
+    count = 0
     for i in range(n):
-        picked[kept] = i
-        kept += vals[i] >= floor
-    for t in range(kept):
+        picked[count] = i
+        count += vals[i] >= floor
+    return count
+
+
+@njit(inline="always", **_JIT)
+def _insert_listed(vals, cols, picked, count, k, top_val, top_col):
+    """The entries ``(vals[i], cols[i])``, ``i`` in ``picked[:count]``, inserted into the
+    buffer of the k best (:func:`_insert`) when they beat its k-th."""
+    for t in range(count):
         i = picked[t]
         if _beats(vals[i], cols[i], top_val[k - 1], top_col[k - 1]):
             _insert(top_val, top_col, k, vals[i], cols[i])
@@ -714,20 +729,12 @@ def _head_best(values, order, full, k, guess, top_val, top_col, picked):
     inserting only those that reach ``guess`` when at least ``k`` do (they then hold the
     ``k`` best), listed first without a branch per entry (``picked``: scratch); else every
     entry. Returns whether the guess held."""
-    kept = 0
-    for i in range(full):
-        picked[kept] = i
-        kept += values[i] >= guess
-    if kept < k:
-        for i in range(full):
-            if _beats(values[i], order[i], top_val[k - 1], top_col[k - 1]):
-                _insert(top_val, top_col, k, values[i], order[i])
-        return False
-    for t in range(kept):
-        i = picked[t]
-        if _beats(values[i], order[i], top_val[k - 1], top_col[k - 1]):
-            _insert(top_val, top_col, k, values[i], order[i])
-    return True
+    kept = _list_reaching(values, full, guess, picked)
+    held = kept >= k
+    if not held:  # every entry
+        kept = _list_reaching(values, full, -np.inf, picked)
+    _insert_listed(values, order, picked, kept, k, top_val, top_col)
+    return held
 
 
 @njit(**_JIT)
