@@ -198,6 +198,25 @@ def make_inputs(n: int, c: int, regime: str, device: torch.device, seed: int = 0
     return scores.to(device), target.to(device)
 
 
+#: Bytes of the buffer that :func:`settle_allocator` allocates and frees (glibc raises its
+#: mmap threshold only for freed blocks of at most 32 MiB).
+SETTLE_BYTES = 24 << 20
+
+
+def settle_allocator(device: torch.device) -> None:
+    """Before CPU timings, leave the C allocator as a training step leaves it.
+
+    glibc's ``malloc`` maps fresh pages for every request above its mmap threshold (128 KiB
+    in a new process), which then page-fault as they are first written. When a mapped
+    block of at most 32 MiB is freed, the threshold rises to its size and later requests
+    of that size reuse the heap. A network's activations do this in its first step; here
+    one ``SETTLE_BYTES`` buffer does. Without it, whether cross-entropy's MB-sized
+    tensors fault depended on which contenders had run before it (BENCHMARKS.md). Other
+    C libraries and devices: one allocation, no effect."""
+    if device.type == "cpu":
+        torch.empty(SETTLE_BYTES, dtype=torch.uint8)  # freed at once: the threshold rises
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -287,6 +306,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    settle_allocator(device)
     epsilon = 1.0 if args.regime == "normal" else 0.1
     results: dict[int, dict[str, tuple[float, float]]] = {}
     for c in args.sizes:
