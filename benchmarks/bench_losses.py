@@ -8,6 +8,8 @@ gives one ratio; the table gives the median of each contender's ratios, and the 
 time of ``F.cross_entropy``. Pairs cancel the load changes of a shared machine that are
 slower than a pair (a few hundredths of a second), which medians of separately timed
 contenders do not: on our 2-core VM the baseline's own time swung by 2x within a run.
+Before the CPU timings, :func:`settle_allocator` leaves the C allocator as a training
+step would, so that the baseline's page faults do not depend on which contenders ran.
 
 ``--regime peaked`` adds 8 to the label's score and to 4 other scores of each row and
 uses ε = 0.1: a trained network's peaked scores, where only a few classes compete.
@@ -211,8 +213,8 @@ def settle_allocator(device: torch.device) -> None:
     block of at most 32 MiB is freed, the threshold rises to its size and later requests
     of that size reuse the heap. A network's activations do this in its first step; here
     one ``SETTLE_BYTES`` buffer does. Without it, whether cross-entropy's MB-sized
-    tensors fault depended on which contenders had run before it (BENCHMARKS.md). Other
-    C libraries and devices: one allocation, no effect."""
+    tensors fault depended on which contenders had run before it (BENCHMARKS.md). On
+    other devices it does nothing; with other C libraries, one allocation and no effect."""
     if device.type == "cpu":
         torch.empty(SETTLE_BYTES, dtype=torch.uint8)  # freed at once: the threshold rises
 
