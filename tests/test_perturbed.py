@@ -334,9 +334,10 @@ def test_select_many_gives_the_k_best_in_topk_order(n, k, values):
 @pytest.mark.parametrize("values", ["normal", "ties"])
 @pytest.mark.parametrize("k", [1, 6, 30])
 def test_head_best_gives_the_k_best_whatever_the_guess(values, k):
-    """A broad row's head (``_head_best``): the k best of 30 entries in torch.topk's order,
-    for guesses that let every entry, some, exactly k, fewer than k (then every entry
-    enters: the guess failed) or none through; the return value says whether at least k
+    """A broad row's head (``_head_best``): the k best of 30 entries in torch.topk's order
+    (ranked by counting; the buffer's slot k is a sink, its other slots start as NaN), for
+    guesses that let every entry, some, exactly k, fewer than k (then every entry
+    is ranked: the guess failed) or none through; the return value says whether at least k
     reached the guess."""
     rng = np.random.default_rng(k)
     n = 30
@@ -348,12 +349,12 @@ def test_head_best_gives_the_k_best_whatever_the_guess(values, k):
         best = sorted(range(n), key=lambda i: (-vals[i], order[i]))[:k]
         for guess in (-np.inf, ranked[min(2 * k, n - 1)], ranked[k - 1],
                       np.nextafter(ranked[k - 1], np.inf), np.inf):
-            top_val, top_col = np.full(k, -np.inf), np.full(k, 4 * n, np.int64)
+            top_val, top_col = np.full(k + 1, np.nan), np.full(k + 1, -1, np.int64)
             held = perturbed_cpu._head_best(vals, order, n, k, guess, top_val, top_col,
-                                            np.empty(n, np.int64))
+                                            np.empty(n), np.empty(n, np.int64))
             assert held == (int((vals >= guess).sum()) >= k)
-            assert top_val.tolist() == [vals[i] for i in best]
-            assert top_col.tolist() == [int(order[i]) for i in best]
+            assert top_val[:k].tolist() == [vals[i] for i in best]
+            assert top_col[:k].tolist() == [int(order[i]) for i in best]
 
 
 def test_batched_gaussians_have_the_normal_law():

@@ -54,9 +54,10 @@ Algorithm, per row (rows in parallel, each with its own random stream):
      light); per draw, the first ``k + 24`` classes of that order play the candidates' part
      (step 2) and the rest of the order is revealed as above. Only those of the ``k + 24``
      perturbed values that reach a guess, ``ε/4`` below the lowest of the first ``k``
-     scores, enter the buffer (some 15 of them at ε = 1 on N(0, 1) scores), when at least
-     ``k`` do: they then hold the ``k`` largest. Else all enter, and the row's later draws
-     guess ``ε/2`` lower.
+     scores, are kept (some 15 of them at ε = 1 on N(0, 1) scores), when at least ``k``
+     are: they then hold the ``k`` largest. Else all are kept, and the row's later draws
+     guess ``ε/2`` lower. The kept values are ranked by counting, for each, the kept values
+     that beat it (no branch on the values), and the ``k`` first fill the buffer.
 4. A non-candidate never proposed, or rejected, has ``x_j + εZ_j <= T`` for the ``T`` of its
    trial, which only rises; at least ``k`` revealed entries are ``>= T``. So the k largest
    of the row are the k largest revealed entries, and their k-th is the answer.
@@ -723,29 +724,49 @@ def _is_broad(tops, top, m, eps):
 
 
 @njit(**_JIT)
-def _head_best(values, order, full, k, guess, top_val, top_col, picked):
-    """``top_val[:k]``, ``top_col[:k]`` (reset by the caller) = the ``k`` best of the
-    ``full >= k`` entries ``(values[i], order[i])`` in torch.topk's order of finite values,
-    inserting only those that reach ``guess`` when at least ``k`` do (they then hold the
-    ``k`` best), listed first without a branch per entry (``picked``: scratch); else every
-    entry. Returns whether the guess held."""
-    kept = _list_reaching(values, full, guess, picked)
+def _head_best(values, order, full, k, guess, top_val, top_col, kept_val, kept_col):
+    """``top_val[:k]``, ``top_col[:k]`` = the ``k`` best of the ``full >= k`` entries
+    ``(values[i], order[i])`` in torch.topk's order of finite values, descending. Only the
+    entries that reach ``guess`` are ranked when at least ``k`` do (they then hold the
+    ``k`` best), else every entry; returns whether the guess held.
+
+    The kept entries are listed into ``kept_val``, ``kept_col`` (scratch of ``full``)
+    without a branch per entry; each one's rank is the number of kept entries that beat it
+    (a count that vectorises; the columns differ, so the ranks are ``0, 1, …``), and it is
+    stored at ``min(rank, k)``: ``top_val``, ``top_col`` hold ``k + 1`` entries, the last a
+    sink for the others. No branch depends on the values, unlike insertions into a sorted
+    buffer."""
+    kept = 0
+    for i in range(full):
+        kept_val[kept] = values[i]
+        kept_col[kept] = order[i]
+        kept += values[i] >= guess
     held = kept >= k
     if not held:  # every entry
-        kept = _list_reaching(values, full, -np.inf, picked)
-    _insert_listed(values, order, picked, kept, k, top_val, top_col)
+        for i in range(full):
+            kept_val[i] = values[i]
+            kept_col[i] = order[i]
+        kept = full
+    for i in range(kept):
+        v, j = kept_val[i], kept_col[i]
+        rank = 0
+        for t in range(kept):
+            rank += (kept_val[t] > v) | ((kept_val[t] == v) & (kept_col[t] < j))
+        top_val[min(rank, k)] = v
+        top_col[min(rank, k)] = j
     return held
 
 
 @njit(**_JIT)
 def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val, out_col,
-               top_val, top_col, order, bucket, noise, noise_bits, tally, head_x, picked):
+               top_val, top_col, order, bucket, noise, noise_bits, tally, head_x, head_v,
+               picked):
     """A broad row (see ``_BROAD_SPREAD``): every class ordered by buckets of width
     ``ε/8`` below the row's largest score ``top``; per draw, the first
     ``k + _BROAD_FULL`` classes of the order (the head, their scores gathered once in
-    ``head_x``) drawn in full into ``noise`` and filtered by a guess (:func:`_head_best`),
-    the others revealed lazily (:func:`_reveal_buckets`; on given draws, each trial read
-    from them)."""
+    ``head_x``) drawn in full into ``noise``, filtered by a guess and ranked
+    (:func:`_head_best`, with ``head_v`` and ``picked`` as scratch), the others revealed
+    lazily (:func:`_reveal_buckets`; on given draws, each trial read from them)."""
     cols = row.shape[0]
     width = eps * _BUCKET_WIDTH
     _bucket_order(row, top, width, _BROAD_BUCKETS, order, bucket, True, tally)
@@ -754,9 +775,6 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
         head_x[i] = float(row[order[i]])
     guess = _smallest(head_x[:k]) - _HEAD_GUESS * eps
     for b in range(n_samples):
-        for i in range(k):
-            top_val[i] = -np.inf
-            top_col[i] = cols  # below every entry in torch.topk's order
         if given:
             for i in range(full):
                 noise[i] = float(perturbed[b, r, order[i]])
@@ -764,7 +782,7 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
             state = _normals(state, noise[:full], noise_bits[:full])
             for i in range(full):
                 noise[i] = head_x[i] + eps * noise[i]
-        if not _head_best(noise, order, full, k, guess, top_val, top_col, picked):
+        if not _head_best(noise, order, full, k, guess, top_val, top_col, head_v, picked):
             guess -= _HEAD_RETRY * eps
         if given:  # every trial read from the draws
             for i in range(full, cols):
@@ -782,7 +800,7 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
 @njit(inline="always", **_JIT)
 def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
          top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket, tops, chosen,
-         picked, tally):
+         head_v, picked, tally):
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
     finite = not given or _draws_finite(perturbed, r)  # else the reference's order
@@ -795,7 +813,7 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
             if _is_broad(tops[:n_chunks], top, m, eps):
                 _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given,
                            out_val, out_col, top_val, top_col, order, bucket, cand_v,
-                           noise_bits, tally, cand_x, picked)
+                           noise_bits, tally, cand_x, head_v, picked)
                 return
             _select_largest(tops[:n_chunks], k, select)
     if finite:
@@ -855,8 +873,8 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     """Rows ``block·R/n_blocks`` to ``(block+1)·R/n_blocks``, with one set of scratch
     buffers, allocated here and used by :func:`_block_rows`, which counts no references."""
     cols = x.shape[1]
-    top_val = np.empty(k, dtype=np.float64)
-    top_col = np.empty(k, dtype=np.int64)
+    top_val = np.empty(k + 1, dtype=np.float64)  # the k best, and a sink (_head_best)
+    top_col = np.empty(k + 1, dtype=np.int64)
     select = np.empty(k + 1, dtype=np.float64)
     cand_col = np.empty(cols, dtype=np.int64)
     cand_x = np.empty(cols, dtype=np.float64)
@@ -867,16 +885,17 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     tally = np.empty(5 * (_BROAD_BUCKETS + 1), dtype=np.uint32)
     tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
     chosen = np.empty(cols // _CHUNK + 1, dtype=np.int64)
+    head_v = np.empty(k + _BROAD_FULL, dtype=np.float64)
     picked = np.empty(cols, dtype=np.int64)
     _block_rows(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
                 out_col, top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order,
-                bucket, tally, tops, chosen, picked)
+                bucket, tally, tops, chosen, head_v, picked)
 
 
 @njit(**_JIT)
 def _block_rows(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
                 out_col, top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order,
-                bucket, tally, tops, chosen, picked):
+                bucket, tally, tops, chosen, head_v, picked):
     """The rows of :func:`_block` with its scratch buffers; row ``r`` draws from its own
     stream, keyed by ``(seed, r)``."""
     rows = x.shape[0]
@@ -884,7 +903,7 @@ def _block_rows(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks
         state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
         _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r], out_col[r],
              top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket,
-             tops, chosen, picked, tally)
+             tops, chosen, head_v, picked, tally)
 
 
 @njit(**_JIT_ALLOCATING)
