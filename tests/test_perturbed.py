@@ -239,11 +239,12 @@ def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
         cols = row.shape[0]
         cand_col, cand_x = np.empty(cols, np.int64), np.empty(cols)
         tops = np.empty(cols // 16 + 1, np.float32)
-        chosen, select = np.empty(cols // 16 + 1, np.int64), np.empty(k + 1)
+        chosen, select = np.empty(cols // 16 + 1, np.int64), np.empty(k + 2)
         perturbed_cpu._chunk_tops(row, tops[:cols // 16])  # the caller's part of step 1
-        perturbed_cpu._select_largest(tops[:cols // 16], k, select)
+        perturbed_cpu._select_largest(tops[:cols // 16], k, select, np.empty(cols))
         count, u, finite = perturbed_cpu._candidates(row, k, m, epsilon, cand_col, cand_x,
-                                                     tops, chosen, select)
+                                                     tops, chosen, select, np.empty(cols),
+                                                     np.empty(cols, np.int64))
         assert finite and count >= k + 1
         assert sorted(cand_col[:count].tolist()) == np.flatnonzero(row >= u).tolist()
         if count <= perturbed_cpu._SORTED_CANDIDATES:
@@ -396,9 +397,9 @@ def test_threshold_of_the_chunk_maxima(kind, epsilon):
             tops[:] = 1.5
         elif kind == "two_levels":
             tops = np.where(rng.random(n) < 0.5, 0.0, 1.0).astype(np.float32)
-        select = np.empty(k + 1)
-        perturbed_cpu._select_largest(tops, k, select)
-        assert select.tolist() == sorted(tops.tolist(), reverse=True)[:k + 1]
+        select = np.full(k + 2, np.nan)
+        perturbed_cpu._select_largest(tops, k, select, np.empty(n))
+        assert select[:k + 1].tolist() == sorted(tops.tolist(), reverse=True)[:k + 1]
         u = perturbed_cpu._threshold(tops, k, m, epsilon, select)
         ranked = np.sort(tops.astype(np.float64))[::-1]
         reach = int((tops >= u).sum())

@@ -473,18 +473,30 @@ def _smallest(tops):
 
 
 @njit(inline="always", **_JIT)
-def _select_largest(tops, k, select):
-    """``select[:k + 1]`` = the ``k + 1`` largest entries of ``tops`` (no NaN), descending."""
-    for i in range(k + 1):
-        select[i] = -np.inf
-    for c in range(tops.shape[0]):
-        v = float(tops[c])
-        if v > select[k]:
-            i = k
-            while i > 0 and select[i - 1] < v:
-                select[i] = select[i - 1]
-                i -= 1
-            select[i] = v
+def _select_largest(tops, k, select, kept):
+    """``select[:k + 1]`` = the ``k + 1`` largest entries of ``tops`` (more than ``k``, no
+    NaN), descending; ``select`` holds ``k + 2`` entries, the last a sink.
+
+    Only the entries that reach a floor are ranked: the smallest of the maxima of ``k + 1``
+    slices of ``tops``, which at least ``k + 1`` entries reach (vectorised passes). They are
+    listed into ``kept`` (scratch of ``len(tops)``) without a branch per entry, and each one
+    is stored at ``min(rank, k + 1)``, its rank the number of kept entries that beat it (the
+    larger value, the earlier entry among equal values): no branch on the values, where
+    insertions into a sorted buffer mispredicted."""
+    n = tops.shape[0]
+    floor = np.inf
+    for s in range(k + 1):
+        floor = min(floor, _largest(tops, s * n // (k + 1), (s + 1) * n // (k + 1)))
+    count = 0
+    for c in range(n):
+        kept[count] = float(tops[c])
+        count += tops[c] >= floor
+    for i in range(count):
+        v = kept[i]
+        rank = 0
+        for t in range(count):
+            rank += (kept[t] > v) | ((kept[t] == v) & (t < i))
+        select[min(rank, k + 1)] = v
 
 
 @njit(inline="always", **_JIT)
@@ -527,7 +539,8 @@ def _largest_from(row, start):
 
 
 @njit(inline="always", **_JIT)
-def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select):
+def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select, listed_x,
+                listed_col):
     """Step 1: the candidates are the columns with ``x_j >= u``, at least ``k + 1`` of
     them, listed in ``cand_col`` and ``cand_x`` (by decreasing score when there are at most
     ``_SORTED_CANDIDATES``).
@@ -541,7 +554,8 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select):
     the chunks whose maximum reaches it are read entry by entry. It lies ``_GAP·ε`` below
     the k-th largest maximum when few maxima reach that (then an exceedance over the
     candidates is rare). Rows of fewer than ``16 (m + 2)`` entries make every column a
-    candidate (``u = −∞``). ``u`` depends on the scores only."""
+    candidate (``u = −∞``). ``u`` depends on the scores only. ``listed_x``, ``listed_col``:
+    scratch of ``C`` (the sort)."""
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
     if n_chunks <= m + 1:
@@ -575,14 +589,18 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select):
             count += v >= u
     if count > _SORTED_CANDIDATES:
         return count, u, True
-    for i in range(1, count):  # by decreasing score: the draws' order is then predictable
-        v, j = cand_x[i], cand_col[i]
-        h = i
-        while h > 0 and cand_x[h - 1] < v:
-            cand_x[h] = cand_x[h - 1]
-            cand_col[h] = cand_col[h - 1]
-            h -= 1
-        cand_x[h], cand_col[h] = v, j
+    # by decreasing score (the draws' order is then predictable), equal scores in the order
+    # they were listed: each candidate's rank counted, without a branch on the scores
+    for i in range(count):
+        listed_x[i] = cand_x[i]
+        listed_col[i] = cand_col[i]
+    for i in range(count):
+        v = listed_x[i]
+        rank = 0
+        for t in range(count):
+            rank += (listed_x[t] > v) | ((listed_x[t] == v) & (t < i))
+        cand_x[rank] = v
+        cand_col[rank] = listed_col[i]
     return count, u, True
 
 
@@ -815,9 +833,10 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
                            out_val, out_col, top_val, top_col, order, bucket, cand_v,
                            noise_bits, tally, cand_x, head_v, picked)
                 return
-            _select_largest(tops[:n_chunks], k, select)
+            _select_largest(tops[:n_chunks], k, select, cand_v)
     if finite:
-        count, u, finite = _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select)
+        count, u, finite = _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select,
+                                       cand_v, picked)
     if not finite:
         _dense_row(row, k, eps, n_samples, state, perturbed, r, given, top_val, top_col,
                    out_val, out_col)
@@ -875,7 +894,7 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     cols = x.shape[1]
     top_val = np.empty(k + 1, dtype=np.float64)  # the k best, and a sink (_head_best)
     top_col = np.empty(k + 1, dtype=np.int64)
-    select = np.empty(k + 1, dtype=np.float64)
+    select = np.empty(k + 2, dtype=np.float64)  # the k + 1 largest maxima, and a sink
     cand_col = np.empty(cols, dtype=np.int64)
     cand_x = np.empty(cols, dtype=np.float64)
     cand_v = np.empty(cols, dtype=np.float64)
