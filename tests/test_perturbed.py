@@ -332,6 +332,19 @@ def test_select_many_gives_the_k_best_in_topk_order(n, k, values):
     assert top_col.tolist() == [cols[i] for i in best]
 
 
+@pytest.mark.parametrize("values", ["normal", "ties", "equal"])
+def test_rank_counts_the_entries_ranked_above(values):
+    """``_rank``: the position of each entry in a stable sort by decreasing value (the earlier
+    entry first among equal values), over the first n entries only."""
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 30):
+        vals = {"normal": rng.standard_normal(n + 5), "ties": rng.integers(0, 3, n + 5),
+                "equal": np.zeros(n + 5)}[values].astype(float)
+        stable = sorted(range(n), key=lambda i: (-vals[i], i))
+        ranks = [perturbed_cpu._rank(vals, n, i) for i in range(n)]
+        assert ranks == [stable.index(i) for i in range(n)]
+
+
 @pytest.mark.parametrize("values", ["normal", "ties"])
 @pytest.mark.parametrize("k", [1, 6, 30])
 def test_head_best_gives_the_k_best_whatever_the_guess(values, k):

@@ -473,6 +473,18 @@ def _smallest(tops):
 
 
 @njit(inline="always", **_JIT)
+def _rank(vals, n, i):
+    """How many of ``vals[:n]`` rank above ``vals[i]``: the larger values, and the earlier
+    entries among equal values (so the ranks of ``vals[:n]`` are ``0, 1, …, n − 1``).
+    Counted without a branch on the values (vectorised)."""
+    v = vals[i]
+    rank = 0
+    for t in range(n):
+        rank += (vals[t] > v) | ((vals[t] == v) & (t < i))
+    return rank
+
+
+@njit(inline="always", **_JIT)
 def _select_largest(tops, k, select, kept):
     """``select[:k + 1]`` = the ``k + 1`` largest entries of ``tops`` (more than ``k``, no
     NaN), descending; ``select`` holds ``k + 2`` entries, the last a sink.
@@ -480,8 +492,7 @@ def _select_largest(tops, k, select, kept):
     Only the entries that reach a floor are ranked: the smallest of the maxima of ``k + 1``
     slices of ``tops``, which at least ``k + 1`` entries reach (vectorised passes). They are
     listed into ``kept`` (scratch of ``len(tops)``) without a branch per entry, and each one
-    is stored at ``min(rank, k + 1)``, its rank the number of kept entries that beat it (the
-    larger value, the earlier entry among equal values): no branch on the values, where
+    is stored at ``min(rank, k + 1)`` (:func:`_rank`): no branch on the values, where
     insertions into a sorted buffer mispredicted."""
     n = tops.shape[0]
     floor = np.inf
@@ -492,11 +503,7 @@ def _select_largest(tops, k, select, kept):
         kept[count] = float(tops[c])
         count += tops[c] >= floor
     for i in range(count):
-        v = kept[i]
-        rank = 0
-        for t in range(count):
-            rank += (kept[t] > v) | ((kept[t] == v) & (t < i))
-        select[min(rank, k + 1)] = v
+        select[min(_rank(kept, count, i), k + 1)] = kept[i]
 
 
 @njit(inline="always", **_JIT)
@@ -590,16 +597,13 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select, listed_x
     if count > _SORTED_CANDIDATES:
         return count, u, True
     # by decreasing score (the draws' order is then predictable), equal scores in the order
-    # they were listed: each candidate's rank counted, without a branch on the scores
+    # they were listed (:func:`_rank`)
     for i in range(count):
         listed_x[i] = cand_x[i]
         listed_col[i] = cand_col[i]
     for i in range(count):
-        v = listed_x[i]
-        rank = 0
-        for t in range(count):
-            rank += (listed_x[t] > v) | ((listed_x[t] == v) & (t < i))
-        cand_x[rank] = v
+        rank = _rank(listed_x, count, i)
+        cand_x[rank] = listed_x[i]
         cand_col[rank] = listed_col[i]
     return count, u, True
 
