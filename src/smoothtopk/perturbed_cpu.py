@@ -745,6 +745,19 @@ def _is_broad(tops, top, m, eps):
     return _count_from(tops, top - _BROAD_SPREAD * eps) >= m + 2
 
 
+@njit(inline="always", **_JIT)
+def _keep_reaching(values, order, n, floor, kept_val, kept_col):
+    """``kept_val``, ``kept_col`` = the entries ``(values[i], order[i])``, ``i < n``, with
+    ``values[i] >= floor``, in order, listed without a branch per entry; returns their
+    count."""
+    kept = 0
+    for i in range(n):
+        kept_val[kept] = values[i]
+        kept_col[kept] = order[i]
+        kept += values[i] >= floor
+    return kept
+
+
 @njit(**_JIT)
 def _head_best(values, order, full, k, guess, top_val, top_col, kept_val, kept_col):
     """``top_val[:k]``, ``top_col[:k]`` = the ``k`` best of the ``full >= k`` entries
@@ -758,17 +771,10 @@ def _head_best(values, order, full, k, guess, top_val, top_col, kept_val, kept_c
     stored at ``min(rank, k)``: ``top_val``, ``top_col`` hold ``k + 1`` entries, the last a
     sink for the others. No branch depends on the values, unlike insertions into a sorted
     buffer."""
-    kept = 0
-    for i in range(full):
-        kept_val[kept] = values[i]
-        kept_col[kept] = order[i]
-        kept += values[i] >= guess
+    kept = _keep_reaching(values, order, full, guess, kept_val, kept_col)
     held = kept >= k
     if not held:  # every entry
-        for i in range(full):
-            kept_val[i] = values[i]
-            kept_col[i] = order[i]
-        kept = full
+        kept = _keep_reaching(values, order, full, -np.inf, kept_val, kept_col)
     for i in range(kept):
         v, j = kept_val[i], kept_col[i]
         rank = 0
