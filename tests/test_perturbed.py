@@ -208,14 +208,16 @@ def test_kernel_keeps_the_dtype(dtype):
     assert bool(((values.double() - x.double().gather(1, indices)).abs() < 0.5 * 8).all())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bad", [None, math.nan, math.inf, -math.inf])
-def test_chunk_maxima_of_strided_chunks(bad):
-    """Chunk c holds the columns c + t·n (t < 16); a NaN or an infinity makes its top NaN."""
+def test_chunk_maxima_of_strided_chunks(bad, dtype):
+    """Chunk c holds the columns c + t·n (t < 16); a NaN or an infinity makes its top NaN
+    (the check runs in the row's dtype, so no fast-math rule may drop it)."""
     gen = torch.Generator().manual_seed(4)
-    row = torch.randn(16 * 37 + 5, generator=gen).numpy()
+    row = torch.randn(16 * 37 + 5, generator=gen).numpy().astype(dtype)
     if bad is not None:
         row[3 + 37 * 7] = bad
-    tops = np.empty(37, np.float32)
+    tops = np.empty(37, dtype)
     perturbed_cpu._chunk_tops(row, tops)
     for c in range(37):
         chunk = [float(row[c + 37 * t]) for t in range(16)]
@@ -343,6 +345,10 @@ def test_rank_counts_the_entries_ranked_above(values):
         stable = sorted(range(n), key=lambda i: (-vals[i], i))
         ranks = [perturbed_cpu._rank(vals, n, i) for i in range(n)]
         assert ranks == [stable.index(i) for i in range(n)]
+        # padded with −∞ to a multiple of 8 (at most the array's length): the same ranks
+        padded = perturbed_cpu._pad(vals, n)
+        assert padded == min(-(-n // 8) * 8, n + 5) and (vals[n:padded] == -np.inf).all()
+        assert [perturbed_cpu._rank(vals, padded, i) for i in range(n)] == ranks
 
 
 @pytest.mark.parametrize("values", ["normal", "ties"])

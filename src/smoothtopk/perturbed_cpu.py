@@ -415,13 +415,14 @@ def _chunk_tops(row, tops):
     ``n = len(tops)`` chunks), NaN when the chunk holds a NaN or an infinity; strided chunks
     so that the loop over ``c`` vectorises, each chunk's maximum kept in a register."""
     n = tops.shape[0]
+    zero = row.dtype.type(0)  # the row's dtype: no conversion to float64
     for c in range(n):
         top = row[c]
-        check = row[c] * 0  # NaN iff a NaN or an infinity
+        check = row[c] * zero  # NaN iff a NaN or an infinity
         for t in range(1, _CHUNK):
             v = row[t * n + c]
             top = max(top, v)
-            check += v * 0
+            check += v * zero
         tops[c] = top + check
 
 
@@ -455,12 +456,25 @@ def _count_from(tops, u):
 
 @njit(fastmath=_REASSOC, **_JIT)
 def _largest_below(tops, cap):
-    """The largest entry ``<= cap`` (−∞ when none; vectorised)."""
-    best = -np.inf
-    for c in range(tops.shape[0]):
+    """The largest entry ``<= cap`` (−∞ when none). Four running maxima over interleaved
+    entries: the compiler does not vectorise a maximum that must respect NaN, and a
+    single running one waits on each comparison."""
+    n = tops.shape[0]
+    b0 = b1 = b2 = b3 = -np.inf
+    c = 0
+    while c + 4 <= n:
+        v0, v1 = float(tops[c]), float(tops[c + 1])
+        v2, v3 = float(tops[c + 2]), float(tops[c + 3])
+        b0 = max(b0, v0 if v0 <= cap else -np.inf)
+        b1 = max(b1, v1 if v1 <= cap else -np.inf)
+        b2 = max(b2, v2 if v2 <= cap else -np.inf)
+        b3 = max(b3, v3 if v3 <= cap else -np.inf)
+        c += 4
+    while c < n:
         v = float(tops[c])
-        best = max(best, v if v <= cap else -np.inf)
-    return best
+        b0 = max(b0, v if v <= cap else -np.inf)
+        c += 1
+    return max(max(b0, b1), max(b2, b3))
 
 
 @njit(fastmath=_REASSOC, **_JIT)
@@ -485,6 +499,18 @@ def _rank(vals, n, i):
 
 
 @njit(inline="always", **_JIT)
+def _pad(vals, n):
+    """``vals[n:]`` up to the next multiple of 8 (capped at ``len(vals)``) set to −∞, which
+    beats no finite entry: :func:`_rank` over that length then gives the finite entries of
+    ``vals[:n]`` the same ranks, in full vector steps with no scalar remainder. Returns
+    that length."""
+    padded = min((n + 7) // 8 * 8, vals.shape[0])
+    for t in range(n, padded):
+        vals[t] = -np.inf
+    return padded
+
+
+@njit(inline="always", **_JIT)
 def _select_largest(tops, k, select, kept):
     """``select[:k + 1]`` = the ``k + 1`` largest entries of ``tops`` (more than ``k``, no
     NaN), descending; ``select`` holds ``k + 2`` entries, the last a sink.
@@ -502,8 +528,9 @@ def _select_largest(tops, k, select, kept):
     for c in range(n):
         kept[count] = float(tops[c])
         count += tops[c] >= floor
+    padded = _pad(kept, count)
     for i in range(count):
-        select[min(_rank(kept, count, i), k + 1)] = kept[i]
+        select[min(_rank(kept, padded, i), k + 1)] = kept[i]
 
 
 @njit(inline="always", **_JIT)
@@ -582,18 +609,21 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select, listed_x
         for c in range(n_chunks):
             chosen[reached] = c
             reached += tops[c] >= u
-        count = 0
+        # unsigned indices: numba checks every signed index for a negative (wrapping) one
+        listed = np.uint64(0)
+        end, step = np.uint64(_CHUNK * n_chunks), np.uint64(n_chunks)
         for i in range(reached):
-            for j in range(chosen[i], _CHUNK * n_chunks, n_chunks):
+            for j in range(np.uint64(chosen[i]), end, step):
                 v = float(row[j])
-                cand_col[count] = j
-                cand_x[count] = v
-                count += v >= u
-        for j in range(_CHUNK * n_chunks, cols):
+                cand_col[listed] = j
+                cand_x[listed] = v
+                listed += np.uint64(v >= u)
+        for j in range(end, np.uint64(cols)):
             v = float(row[j])
-            cand_col[count] = j
-            cand_x[count] = v
-            count += v >= u
+            cand_col[listed] = j
+            cand_x[listed] = v
+            listed += np.uint64(v >= u)
+        count = np.int64(listed)  # (int() keeps uint64, which unifies with int64 as float)
     if count > _SORTED_CANDIDATES:
         return count, u, True
     # by decreasing score (the draws' order is then predictable), equal scores in the order
@@ -601,8 +631,9 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select, listed_x
     for i in range(count):
         listed_x[i] = cand_x[i]
         listed_col[i] = cand_col[i]
+    padded = _pad(listed_x, count)
     for i in range(count):
-        rank = _rank(listed_x, count, i)
+        rank = _rank(listed_x, padded, i)
         cand_x[rank] = listed_x[i]
         cand_col[rank] = listed_col[i]
     return count, u, True
