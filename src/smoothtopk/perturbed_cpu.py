@@ -623,7 +623,9 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select, listed_x
             cand_col[listed] = j
             cand_x[listed] = v
             listed += np.uint64(v >= u)
-        count = np.int64(listed)  # (int() keeps uint64, which unifies with int64 as float)
+        # np.int64, not int(): numba's int() of a uint64 stays uint64, and uint64 merged
+        # with the other branch's int64 count is typed float64
+        count = np.int64(listed)
     if count > _SORTED_CANDIDATES:
         return count, u, True
     # by decreasing score (the draws' order is then predictable), equal scores in the order
