@@ -243,7 +243,8 @@ def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
         tops = np.empty(cols // 16 + 1, np.float32)
         chosen, select = np.empty(cols // 16 + 1, np.int64), np.empty(k + 2)
         perturbed_cpu._chunk_tops(row, tops[:cols // 16])  # the caller's part of step 1
-        perturbed_cpu._select_largest(tops[:cols // 16], k, select, np.empty(cols))
+        perturbed_cpu._select_largest(tops[:cols // 16], k, select, np.empty(cols),
+                                      np.empty(cols, np.int64))
         count, u, finite = perturbed_cpu._candidates(row, k, m, epsilon, cand_col, cand_x,
                                                      tops, chosen, select, np.empty(cols),
                                                      np.empty(cols, np.int64))
@@ -268,6 +269,54 @@ def _law_case_is_broad(scores, cols, k, epsilon, n_candidates):
     tops = np.empty(n_chunks, np.float32)
     perturbed_cpu._chunk_tops(row, tops)
     return bool(perturbed_cpu._is_broad(tops, float(row.max()), m, epsilon))
+
+
+#: On 300 classes (k = 6), ``B`` for which the ``B`` draws' Gaussians of the classes drawn in
+#: full do not fit in ``C`` entries: the kernel then draws them draw by draw.
+_UNBATCHED = [("normal", 1.0, 12), ("peaked", 0.1, 60)]
+
+
+def _draw_by_draw(scores: str, epsilon: float, n_samples: int, cols: int = 300,
+                  k: int = 6) -> bool:
+    """Whether the kernel surely draws a row's Gaussians draw by draw: ``B`` times the
+    classes drawn in full per draw (a broad row's ``k + 24``, at least ``k + 1``
+    candidates otherwise) exceed ``C``."""
+    broad = _law_case_is_broad(scores, cols, k, epsilon, None)
+    return n_samples * (k + perturbed_cpu._BROAD_FULL if broad else k + 1) > cols
+
+
+@pytest.mark.parametrize(("scores", "epsilon", "n_samples"), _UNBATCHED)
+def test_law_matches_reference_draw_by_draw(scores, epsilon, n_samples):
+    """Many draws of a short row, whose Gaussians the kernel draws draw by draw (the law
+    cases above, with ``B = 5``, draw them at once), on a broad row and a searched one."""
+    cols, k = 300, 6
+    assert _draw_by_draw(scores, epsilon, n_samples, cols, k)
+    gen = torch.Generator().manual_seed(cols * k)
+    row = adversarial(scores, 1, cols, gen)
+    x = row.expand(24_000 // n_samples, cols).contiguous()
+    fast = sample_perturbed_kth(x, k, epsilon, n_samples, generator=gen)
+    ref = _perturbed_kth_reference(x, k, epsilon, n_samples, gen, None)
+    two_sample_checks(fast, ref, cols)
+
+
+@pytest.mark.parametrize(("scores", "epsilon", "n_samples"),
+                         [("normal", 1.0, 5), ("peaked", 0.1, 5), *_UNBATCHED])
+def test_draws_of_a_row_are_independent(scores, epsilon, n_samples):
+    """The ``B`` draws of a row use fresh Gaussians each, drawn at once (``B = 5``) or draw
+    by draw: with ``z`` a row's standardised values, ``(Σ_b z_b)² / B`` averages 1 over the
+    rows within 4 s.e. A draw reusing another's noise would add twice their correlation
+    (close to 1), divided by ``B``."""
+    gen = torch.Generator().manual_seed(23)
+    cols, rows = 300, 20_000 // n_samples
+    assert _draw_by_draw(scores, epsilon, n_samples, cols) == (n_samples > 5)
+    row = adversarial(scores, 1, cols, gen)
+    values, _ = sample_perturbed_kth(row.expand(rows, cols).contiguous(), 6, epsilon,
+                                     n_samples, generator=gen)
+    z = values.double()
+    z = (z - z.mean()) / z.std()
+    per_row = z.sum(dim=1) ** 2 / n_samples
+    se = per_row.std().item() / math.sqrt(rows)
+    assert abs(per_row.mean().item() - 1.0) <= Z_MAX * se
 
 
 def test_law_cases_cover_both_paths():
@@ -349,6 +398,26 @@ def test_rank_counts_the_entries_ranked_above(values):
         padded = perturbed_cpu._pad(vals, n)
         assert padded == min(-(-n // 8) * 8, n + 5) and (vals[n:padded] == -np.inf).all()
         assert [perturbed_cpu._rank(vals, padded, i) for i in range(n)] == ranks
+        # all at once
+        at_once = np.full(padded, -1, np.int64)
+        perturbed_cpu._ranks(vals, n, padded, at_once)
+        assert at_once[:n].tolist() == ranks
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eight_floor_is_reached_by_eight_entries(dtype):
+    """``_eight_floor``: the smallest of the maxima of the slices ``c mod 8`` (the last
+    ``n mod 8`` entries joining slice 0), so that at least 8 entries reach it."""
+    rng = np.random.default_rng(8)
+    for n in (8, 9, 15, 16, 67, 200):
+        for tops in (rng.standard_normal(n), np.round(rng.standard_normal(n)), np.ones(n)):
+            tops = tops.astype(dtype)
+            whole = n // 8 * 8
+            slices = [tops[s:whole:8].tolist() + (tops[whole:].tolist() if s == 0 else [])
+                      for s in range(8)]
+            floor = perturbed_cpu._eight_floor(tops)
+            assert floor == min(max(v) for v in slices)
+            assert (tops >= floor).sum() >= 8
 
 
 @pytest.mark.parametrize("values", ["normal", "ties"])
@@ -399,12 +468,14 @@ def test_batched_gaussians_have_the_normal_law():
 
 @pytest.mark.parametrize("kind", ["normal", "peaked", "ties", "flat", "two_levels"])
 @pytest.mark.parametrize("epsilon", [1e-3, 0.1, 1.0, 50.0])
-def test_threshold_of_the_chunk_maxima(kind, epsilon):
+@pytest.mark.parametrize("k", [1, 6, 7, 8, 12])
+def test_threshold_of_the_chunk_maxima(kind, epsilon, k):
     """u: at least k + 1 maxima reach it (so k + 1 columns) and at most m + 1 unless ties at
     the (k+1)-th largest force more; when at most m + 1 maxima reach the gap rule's value
-    (the largest maximum ≤ k-th − 4ε), u is that value."""
+    (the largest maximum ≤ k-th − 4ε), u is that value. k + 1 <= 8 and above: the two
+    floors of the k + 1 largest maxima."""
     rng = np.random.default_rng(11)
-    k, m = 6, 14
+    m = k + 8
     for _ in range(50):
         n = int(rng.integers(m + 2, 200))
         tops = rng.standard_normal(n).astype(np.float32)
@@ -417,7 +488,7 @@ def test_threshold_of_the_chunk_maxima(kind, epsilon):
         elif kind == "two_levels":
             tops = np.where(rng.random(n) < 0.5, 0.0, 1.0).astype(np.float32)
         select = np.full(k + 2, np.nan)
-        perturbed_cpu._select_largest(tops, k, select, np.empty(n))
+        perturbed_cpu._select_largest(tops, k, select, np.empty(n), np.empty(n, np.int64))
         assert select[:k + 1].tolist() == sorted(tops.tolist(), reverse=True)[:k + 1]
         u = perturbed_cpu._threshold(tops, k, m, epsilon, select)
         ranked = np.sort(tops.astype(np.float64))[::-1]

@@ -18,11 +18,12 @@ Algorithm, per row (rows in parallel, each with its own random stream):
    depends on the scores only. *Broad rows*, where at least ``M + 2`` chunk maxima lie
    within ``4ε`` of the row's largest score (ε large against the spread of the top scores,
    e.g. N(0, 1) scores with ε >= 0.3), skip this search: see the last point of step 3.
-2. Per draw, the candidates' noise is drawn in full; ``T`` = the k-th largest perturbed
-   candidate, kept with the k largest perturbed values seen so far (a sorted buffer, in
-   torch.topk's order: the smaller column first among equal values). Beyond 48
-   candidates, only those reaching a floor enter the buffer: the smallest of the maxima
-   of ``k`` slices of the draws, which at least ``k`` of them reach.
+2. Per draw, the candidates' noise is drawn in full (every draw's at once, in one
+   vectorised pass, when the ``B`` draws' Gaussians fit in ``C`` entries); ``T`` = the k-th
+   largest perturbed candidate, kept with the k largest perturbed values seen so far (a
+   sorted buffer, in torch.topk's order: the smaller column first among equal values).
+   Beyond 48 candidates, only those reaching a floor enter the buffer: the smallest of
+   the maxima of ``k`` slices of the draws, which at least ``k`` of them reach.
 3. *Revealing the others lazily*: a non-candidate ``j`` changes the k largest only if
    ``x_j + εZ_j > T``, an event of probability ``p_j = Φ̄(a_j)``, ``a_j = (T − x_j)/ε``,
    independent of everything drawn so far. The non-candidates are visited in a fixed
@@ -499,6 +500,20 @@ def _rank(vals, n, i):
 
 
 @njit(inline="always", **_JIT)
+def _ranks(vals, n, padded, ranks):
+    """``ranks[i]`` = :func:`_rank` of ``vals[i]`` for every ``i < n`` at once (``ranks[n:
+    padded]`` scratch; ``vals[n:padded]`` −∞, :func:`_pad`): each entry adds one to the rank
+    of every entry it beats, a count vectorised over ``i`` with no sum across a vector,
+    where one :func:`_rank` per entry ends on such a sum."""
+    for i in range(padded):
+        ranks[i] = 0
+    for t in range(n):
+        v = vals[t]
+        for i in range(padded):
+            ranks[i] += (v > vals[i]) | ((v == vals[i]) & (t < i))
+
+
+@njit(inline="always", **_JIT)
 def _pad(vals, n):
     """``vals[n:]`` up to the next multiple of 8 (capped at ``len(vals)``) set to −∞, which
     beats no finite entry: :func:`_rank` over that length then gives the finite entries of
@@ -510,27 +525,58 @@ def _pad(vals, n):
     return padded
 
 
+@njit(fastmath=_REASSOC, **_JIT)
+def _eight_floor(tops):
+    """The smallest of the maxima of the 8 interleaved slices of ``tops`` (entries ``c``
+    with ``c mod 8 = s``, the last ``len mod 8`` entries in slice 0; at least 8 entries, no
+    NaN): at least 8 entries reach it. One pass with 8 running maxima, where ``k + 1``
+    slices need one pass each."""
+    n = tops.shape[0]
+    b0, b1, b2, b3 = float(tops[0]), float(tops[1]), float(tops[2]), float(tops[3])
+    b4, b5, b6, b7 = float(tops[4]), float(tops[5]), float(tops[6]), float(tops[7])
+    c = 8
+    while c + 8 <= n:
+        b0 = max(b0, float(tops[c]))
+        b1 = max(b1, float(tops[c + 1]))
+        b2 = max(b2, float(tops[c + 2]))
+        b3 = max(b3, float(tops[c + 3]))
+        b4 = max(b4, float(tops[c + 4]))
+        b5 = max(b5, float(tops[c + 5]))
+        b6 = max(b6, float(tops[c + 6]))
+        b7 = max(b7, float(tops[c + 7]))
+        c += 8
+    while c < n:
+        b0 = max(b0, float(tops[c]))
+        c += 1
+    return min(min(min(b0, b1), min(b2, b3)), min(min(b4, b5), min(b6, b7)))
+
+
 @njit(inline="always", **_JIT)
-def _select_largest(tops, k, select, kept):
+def _select_largest(tops, k, select, kept, ranks):
     """``select[:k + 1]`` = the ``k + 1`` largest entries of ``tops`` (more than ``k``, no
     NaN), descending; ``select`` holds ``k + 2`` entries, the last a sink.
 
     Only the entries that reach a floor are ranked: the smallest of the maxima of ``k + 1``
-    slices of ``tops``, which at least ``k + 1`` entries reach (vectorised passes). They are
-    listed into ``kept`` (scratch of ``len(tops)``) without a branch per entry, and each one
-    is stored at ``min(rank, k + 1)`` (:func:`_rank`): no branch on the values, where
-    insertions into a sorted buffer mispredicted."""
+    slices of ``tops`` (of 8 interleaved ones, :func:`_eight_floor`, when ``k + 1 <= 8``),
+    which at least ``k + 1`` entries reach. They are listed into ``kept`` (scratch of
+    ``len(tops)``) without a branch per entry, ranked (:func:`_ranks`, into ``ranks``,
+    int64 scratch of ``len(tops)``), and each one is stored at ``min(rank, k + 1)``: no
+    branch on the values, where insertions into a sorted buffer mispredicted."""
     n = tops.shape[0]
-    floor = np.inf
-    for s in range(k + 1):
-        floor = min(floor, _largest(tops, s * n // (k + 1), (s + 1) * n // (k + 1)))
+    if k + 1 <= 8 and n >= 8:
+        floor = _eight_floor(tops)
+    else:
+        floor = np.inf
+        for s in range(k + 1):
+            floor = min(floor, _largest(tops, s * n // (k + 1), (s + 1) * n // (k + 1)))
     count = 0
     for c in range(n):
         kept[count] = float(tops[c])
         count += tops[c] >= floor
     padded = _pad(kept, count)
+    _ranks(kept, count, padded, ranks)
     for i in range(count):
-        select[min(_rank(kept, padded, i), k + 1)] = kept[i]
+        select[min(ranks[i], k + 1)] = kept[i]
 
 
 @njit(inline="always", **_JIT)
@@ -613,11 +659,13 @@ def _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select, listed_x
         listed = np.uint64(0)
         end, step = np.uint64(_CHUNK * n_chunks), np.uint64(n_chunks)
         for i in range(reached):
-            for j in range(np.uint64(chosen[i]), end, step):
+            j = np.uint64(chosen[i])
+            for _ in range(_CHUNK):  # a constant count: no division for the loop's length
                 v = float(row[j])
                 cand_col[listed] = j
                 cand_x[listed] = v
                 listed += np.uint64(v >= u)
+                j += step
         for j in range(end, np.uint64(cols)):
             v = float(row[j])
             cand_col[listed] = j
@@ -821,11 +869,12 @@ def _head_best(values, order, full, k, guess, top_val, top_col, kept_val, kept_c
 @njit(**_JIT)
 def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val, out_col,
                top_val, top_col, order, bucket, noise, noise_bits, tally, head_x, head_v,
-               picked):
+               picked, gauss):
     """A broad row (see ``_BROAD_SPREAD``): every class ordered by buckets of width
     ``ε/8`` below the row's largest score ``top``; per draw, the first
     ``k + _BROAD_FULL`` classes of the order (the head, their scores gathered once in
-    ``head_x``) drawn in full into ``noise``, filtered by a guess and ranked
+    ``head_x``) drawn in full into ``noise`` (their Gaussians drawn for every draw at once
+    into ``gauss`` when they fit), filtered by a guess and ranked
     (:func:`_head_best`, with ``head_v`` and ``picked`` as scratch), the others revealed
     lazily (:func:`_reveal_buckets`; on given draws, each trial read from them)."""
     cols = row.shape[0]
@@ -835,10 +884,16 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
     for i in range(full):
         head_x[i] = float(row[order[i]])
     guess = _smallest(head_x[:k]) - _HEAD_GUESS * eps
+    batched = not given and n_samples * full <= cols  # every draw's Gaussians at once
+    if batched:
+        state = _normals(state, gauss[:n_samples * full], noise_bits[:n_samples * full])
     for b in range(n_samples):
         if given:
             for i in range(full):
                 noise[i] = float(perturbed[b, r, order[i]])
+        elif batched:
+            for i in range(full):
+                noise[i] = head_x[i] + eps * gauss[b * full + i]
         else:
             state = _normals(state, noise[:full], noise_bits[:full])
             for i in range(full):
@@ -861,7 +916,7 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
 @njit(inline="always", **_JIT)
 def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
          top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket, tops, chosen,
-         head_v, picked, tally):
+         head_v, picked, tally, gauss):
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
     finite = not given or _draws_finite(perturbed, r)  # else the reference's order
@@ -874,9 +929,9 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
             if _is_broad(tops[:n_chunks], top, m, eps):
                 _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given,
                            out_val, out_col, top_val, top_col, order, bucket, cand_v,
-                           noise_bits, tally, cand_x, head_v, picked)
+                           noise_bits, tally, cand_x, head_v, picked, gauss)
                 return
-            _select_largest(tops[:n_chunks], k, select, cand_v)
+            _select_largest(tops[:n_chunks], k, select, cand_v, picked)
     if finite:
         count, u, finite = _candidates(row, k, m, eps, cand_col, cand_x, tops, chosen, select,
                                        cand_v, picked)
@@ -885,6 +940,9 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
                    out_val, out_col)
         return
     others = cols - count
+    batched = not given and n_samples * count <= cols  # every draw's Gaussians at once
+    if batched:
+        state = _normals(state, gauss[:n_samples * count], noise_bits[:n_samples * count])
     sorted_ = False
     width = eps * _BUCKET_WIDTH  # of the buckets ordering the non-candidates
     for b in range(n_samples):
@@ -892,6 +950,9 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
         if given:
             for i in range(count):
                 cand_v[i] = float(perturbed[b, r, cand_col[i]])
+        elif batched:
+            for i in range(count):
+                cand_v[i] = cand_x[i] + eps * gauss[b * count + i]
         else:
             state = _normals(state, cand_v[:count], noise_bits[:count])
             for i in range(count):
@@ -949,15 +1010,16 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     chosen = np.empty(cols // _CHUNK + 1, dtype=np.int64)
     head_v = np.empty(k + _BROAD_FULL, dtype=np.float64)
     picked = np.empty(cols, dtype=np.int64)
+    gauss = np.empty(cols, dtype=np.float64)  # a row's Gaussians, every draw's at once
     _block_rows(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
                 out_col, top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order,
-                bucket, tally, tops, chosen, head_v, picked)
+                bucket, tally, tops, chosen, head_v, picked, gauss)
 
 
 @njit(**_JIT)
 def _block_rows(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
                 out_col, top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order,
-                bucket, tally, tops, chosen, head_v, picked):
+                bucket, tally, tops, chosen, head_v, picked, gauss):
     """The rows of :func:`_block` with its scratch buffers; row ``r`` draws from its own
     stream, keyed by ``(seed, r)``."""
     rows = x.shape[0]
@@ -965,7 +1027,7 @@ def _block_rows(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks
         state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
         _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r], out_col[r],
              top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket,
-             tops, chosen, head_v, picked, tally)
+             tops, chosen, head_v, picked, tally, gauss)
 
 
 @njit(**_JIT_ALLOCATING)
