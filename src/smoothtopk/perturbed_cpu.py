@@ -527,10 +527,11 @@ def _pad(vals, n):
 
 @njit(fastmath=_REASSOC, **_JIT)
 def _eight_floor(tops):
-    """The smallest of the maxima of the 8 interleaved slices of ``tops`` (entries ``c``
-    with ``c mod 8 = s``, the last ``len mod 8`` entries in slice 0; at least 8 entries, no
-    NaN): at least 8 entries reach it. One pass with 8 running maxima, where ``k + 1``
-    slices need one pass each."""
+    """The second smallest (counting ties) of the maxima of the 8 interleaved slices of
+    ``tops`` (entries ``c`` with ``c mod 8 = s``, the last ``len mod 8`` entries in slice 0;
+    at least 8 entries, no NaN): at least 7 entries reach it, and fewer than the smallest
+    maximum would let through. One pass with 8 running maxima, where ``k + 1`` slices need
+    one pass each."""
     n = tops.shape[0]
     b0, b1, b2, b3 = float(tops[0]), float(tops[1]), float(tops[2]), float(tops[3])
     b4, b5, b6, b7 = float(tops[4]), float(tops[5]), float(tops[6]), float(tops[7])
@@ -548,7 +549,13 @@ def _eight_floor(tops):
     while c < n:
         b0 = max(b0, float(tops[c]))
         c += 1
-    return min(min(min(b0, b1), min(b2, b3)), min(min(b4, b5), min(b6, b7)))
+    least = min(min(min(b0, b1), min(b2, b3)), min(min(b4, b5), min(b6, b7)))
+    above = np.inf  # the smallest maximum above the least, unless the least is tied
+    ties = 0
+    for v in (b0, b1, b2, b3, b4, b5, b6, b7):
+        above = min(above, v if v > least else np.inf)
+        ties += v == least
+    return least if ties >= 2 else above
 
 
 @njit(inline="always", **_JIT)
@@ -557,13 +564,14 @@ def _select_largest(tops, k, select, kept, ranks):
     NaN), descending; ``select`` holds ``k + 2`` entries, the last a sink.
 
     Only the entries that reach a floor are ranked: the smallest of the maxima of ``k + 1``
-    slices of ``tops`` (of 8 interleaved ones, :func:`_eight_floor`, when ``k + 1 <= 8``),
+    slices of ``tops`` (the second smallest of the maxima of 8 interleaved ones,
+    :func:`_eight_floor`, when ``k + 1 <= 7``),
     which at least ``k + 1`` entries reach. They are listed into ``kept`` (scratch of
     ``len(tops)``) without a branch per entry, ranked (:func:`_ranks`, into ``ranks``,
     int64 scratch of ``len(tops)``), and each one is stored at ``min(rank, k + 1)``: no
     branch on the values, where insertions into a sorted buffer mispredicted."""
     n = tops.shape[0]
-    if k + 1 <= 8 and n >= 8:
+    if k + 1 <= 7 and n >= 8:
         floor = _eight_floor(tops)
     else:
         floor = np.inf
