@@ -246,6 +246,18 @@ def _normals(state, out, bits):
 
 
 @njit(inline="always", **_JIT)
+def _gaussians_at_once(state, n_samples, per_draw, gauss, bits):
+    """The Gaussians of a row's ``n_samples`` draws, ``per_draw`` each, drawn at once into
+    ``gauss`` (draw ``b``'s from ``b · per_draw`` on; :func:`_normals`, ``bits``: scratch as
+    long) when they fit in it. Returns the stream's state and whether they did; if not,
+    nothing is drawn and the caller draws them draw by draw."""
+    n = n_samples * per_draw
+    if n > gauss.shape[0]:
+        return state, False
+    return _normals(state, gauss[:n], bits[:n]), True
+
+
+@njit(inline="always", **_JIT)
 def _normal_from(state, bits):
     """The ziggurat's draw whose first 64 bits are ``bits`` (more from the stream when it
     needs them)."""
@@ -564,12 +576,12 @@ def _select_largest(tops, k, select, kept, ranks):
     NaN), descending; ``select`` holds ``k + 2`` entries, the last a sink.
 
     Only the entries that reach a floor are ranked: the smallest of the maxima of ``k + 1``
-    slices of ``tops`` (the second smallest of the maxima of 8 interleaved ones,
-    :func:`_eight_floor`, when ``k + 1 <= 7``),
-    which at least ``k + 1`` entries reach. They are listed into ``kept`` (scratch of
-    ``len(tops)``) without a branch per entry, ranked (:func:`_ranks`, into ``ranks``,
-    int64 scratch of ``len(tops)``), and each one is stored at ``min(rank, k + 1)``: no
-    branch on the values, where insertions into a sorted buffer mispredicted."""
+    slices of ``tops`` (when ``k + 1 <= 7``, the second smallest of the maxima of 8
+    interleaved ones, :func:`_eight_floor`), which at least ``k + 1`` entries reach. They
+    are listed into ``kept`` (scratch of ``len(tops)``) without a branch per entry, ranked
+    (:func:`_ranks`, into ``ranks``, int64 scratch of ``len(tops)``), and each one is
+    stored at ``min(rank, k + 1)``: no branch on the values, where insertions into a sorted
+    buffer mispredicted."""
     n = tops.shape[0]
     if k + 1 <= 7 and n >= 8:
         floor = _eight_floor(tops)
@@ -881,8 +893,8 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
     """A broad row (see ``_BROAD_SPREAD``): every class ordered by buckets of width
     ``ε/8`` below the row's largest score ``top``; per draw, the first
     ``k + _BROAD_FULL`` classes of the order (the head, their scores gathered once in
-    ``head_x``) drawn in full into ``noise`` (their Gaussians drawn for every draw at once
-    into ``gauss`` when they fit), filtered by a guess and ranked
+    ``head_x``) drawn in full into ``noise`` (their Gaussians for every draw at once when
+    they fit in ``gauss``, :func:`_gaussians_at_once`), filtered by a guess and ranked
     (:func:`_head_best`, with ``head_v`` and ``picked`` as scratch), the others revealed
     lazily (:func:`_reveal_buckets`; on given draws, each trial read from them)."""
     cols = row.shape[0]
@@ -892,9 +904,9 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
     for i in range(full):
         head_x[i] = float(row[order[i]])
     guess = _smallest(head_x[:k]) - _HEAD_GUESS * eps
-    batched = not given and n_samples * full <= cols  # every draw's Gaussians at once
-    if batched:
-        state = _normals(state, gauss[:n_samples * full], noise_bits[:n_samples * full])
+    batched = False
+    if not given:
+        state, batched = _gaussians_at_once(state, n_samples, full, gauss, noise_bits)
     for b in range(n_samples):
         if given:
             for i in range(full):
@@ -948,9 +960,9 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
                    out_val, out_col)
         return
     others = cols - count
-    batched = not given and n_samples * count <= cols  # every draw's Gaussians at once
-    if batched:
-        state = _normals(state, gauss[:n_samples * count], noise_bits[:n_samples * count])
+    batched = False
+    if not given:
+        state, batched = _gaussians_at_once(state, n_samples, count, gauss, noise_bits)
     sorted_ = False
     width = eps * _BUCKET_WIDTH  # of the buckets ordering the non-candidates
     for b in range(n_samples):
