@@ -474,8 +474,8 @@ def test_batched_gaussians_have_the_normal_law():
 def test_threshold_of_the_chunk_maxima(kind, epsilon, k):
     """u: at least k + 1 maxima reach it (so k + 1 columns) and at most m + 1 unless ties at
     the (k+1)-th largest force more; when at most m + 1 maxima reach the gap rule's value
-    (the largest maximum ≤ k-th − 4ε), u is that value. k + 1 <= 8 and above: the two
-    floors of the k + 1 largest maxima."""
+    (the largest maximum ≤ k-th − 4ε), u is that value. k + 1 <= 7 and above: the two
+    floors of the k + 1 largest maxima (:func:`_eight_floor`, then the slices')."""
     rng = np.random.default_rng(11)
     m = k + 8
     for _ in range(50):
