@@ -335,20 +335,25 @@ def test_bucket_order_groups_the_columns_by_score(scores, epsilon, every):
     """The counting sort lists each column below u once (every column when ``every``),
     with non-decreasing buckets, and bucket i holds scores in (u − (i+1)w, u − iw]: the
     last one open-ended, float rounding aside. Subnormal gaps under a huge ε: the bucket
-    width's inverse underflows their distance to u, and they still belong to bucket 0."""
+    width's inverse underflows their distance to u, and they still belong to bucket 0.
+    The exact order: by bucket (the candidates last), then by stream (``j mod 4``, the
+    columns past the last multiple of 4 in stream 0), then by column."""
     gen = torch.Generator().manual_seed(8)
+    cols = 703  # not a multiple of 4: 3 columns past the streams' last full step
     if scores == "subnormal":
-        x = np.zeros((4, 700))
+        x = np.zeros((4, cols))
         x[:, ::3] = 5e-324
     else:
-        x = adversarial(scores, 4, 700, gen).double().numpy()
+        x = adversarial(scores, 4, cols, gen).double().numpy()
     width, n_buckets = epsilon * perturbed_cpu._BUCKET_WIDTH, 64
+    stream = np.where(np.arange(cols) < cols // 4 * 4, np.arange(cols) % 4, 0)
     for row in x:
         u = float(row.max()) if every else float(np.sort(row)[-15])
-        order, bucket = np.empty(700, np.uint32), np.empty(700, np.uint8)
-        tally = np.empty(5 * (n_buckets + 1), np.uint32)
+        order, bucket = np.empty(cols, np.uint32), np.empty(cols, np.uint8)
+        tally = np.empty(4 * (n_buckets + 1), np.uint32)
         perturbed_cpu._bucket_order(row, u, width, n_buckets, order, bucket, every, tally)
-        listed = np.flatnonzero(row < u) if not every else np.arange(700)
+        assert order.tolist() == sorted(range(cols), key=lambda j: (bucket[j], stream[j], j))
+        listed = np.flatnonzero(row < u) if not every else np.arange(cols)
         count = listed.size
         assert sorted(order[:count].tolist()) == listed.tolist()
         ids = bucket[order[:count]].astype(np.int64)
@@ -386,7 +391,8 @@ def test_select_many_gives_the_k_best_in_topk_order(n, k, values):
 @pytest.mark.parametrize("values", ["normal", "ties", "equal"])
 def test_rank_counts_the_entries_ranked_above(values):
     """``_rank``: the position of each entry in a stable sort by decreasing value (the earlier
-    entry first among equal values), over the first n entries only."""
+    entry first among equal values), over the first n entries only; ``_ranks``: every
+    entry's at once, in that order or with the smaller key first among equal values."""
     rng = np.random.default_rng(3)
     for n in (1, 2, 7, 30):
         vals = {"normal": rng.standard_normal(n + 5), "ties": rng.integers(0, 3, n + 5),
@@ -398,10 +404,14 @@ def test_rank_counts_the_entries_ranked_above(values):
         padded = perturbed_cpu._pad(vals, n)
         assert padded == min(-(-n // 8) * 8, n + 5) and (vals[n:padded] == -np.inf).all()
         assert [perturbed_cpu._rank(vals, padded, i) for i in range(n)] == ranks
-        # all at once
+        # all at once: equal values by position, or by keys (a shuffle of the positions)
         at_once = np.full(padded, -1, np.int64)
-        perturbed_cpu._ranks(vals, n, padded, at_once)
+        perturbed_cpu._ranks(vals, None, n, padded, at_once)
         assert at_once[:n].tolist() == ranks
+        keys = rng.permutation(padded)
+        perturbed_cpu._ranks(vals, keys, n, padded, at_once)
+        by_key = sorted(range(n), key=lambda i: (-vals[i], keys[i]))
+        assert at_once[:n].tolist() == [by_key.index(i) for i in range(n)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -442,7 +452,8 @@ def test_head_best_gives_the_k_best_whatever_the_guess(values, k):
                       np.nextafter(ranked[k - 1], np.inf), np.inf):
             top_val, top_col = np.full(k + 1, np.nan), np.full(k + 1, -1, np.int64)
             held = perturbed_cpu._head_best(vals, order, n, k, guess, top_val, top_col,
-                                            np.empty(n), np.empty(n, np.int64))
+                                            np.empty(n + 7), np.empty(n + 7, np.int64),
+                                            np.empty(n + 7, np.int64))
             assert held == (int((vals >= guess).sum()) >= k)
             assert top_val[:k].tolist() == [vals[i] for i in best]
             assert top_col[:k].tolist() == [int(order[i]) for i in best]

@@ -512,17 +512,26 @@ def _rank(vals, n, i):
 
 
 @njit(inline="always", **_JIT)
-def _ranks(vals, n, padded, ranks):
-    """``ranks[i]`` = :func:`_rank` of ``vals[i]`` for every ``i < n`` at once (``ranks[n:
-    padded]`` scratch; ``vals[n:padded]`` −∞, :func:`_pad`): each entry adds one to the rank
-    of every entry it beats, a count vectorised over ``i`` with no sum across a vector,
-    where one :func:`_rank` per entry ends on such a sum."""
+def _ranks(vals, keys, n, padded, ranks):
+    """``ranks[i]`` = how many of ``vals[:n]`` rank above ``vals[i]``, for every ``i < n``
+    at once: the larger values, and among equal values the earlier entries (``keys`` None:
+    :func:`_rank`'s order) or those with smaller keys (``keys[:n]`` distinct); the ranks are
+    ``0, 1, …, n − 1``. ``vals[n:padded]`` −∞ (:func:`_pad`), ``keys[n:padded]`` and
+    ``ranks[n:padded]`` scratch. Each entry adds one to the rank of every entry it beats, a
+    count vectorised over ``i`` in full vector steps, with no sum across a vector, where
+    one :func:`_rank` per entry ends on such a sum. numba compiles the two cases apart:
+    the chunk maxima's ranks (``keys`` None) load no keys."""
     for i in range(padded):
         ranks[i] = 0
     for t in range(n):
         v = vals[t]
-        for i in range(padded):
-            ranks[i] += (v > vals[i]) | ((v == vals[i]) & (t < i))
+        if keys is None:
+            for i in range(padded):
+                ranks[i] += (v > vals[i]) | ((v == vals[i]) & (t < i))
+        else:
+            key = keys[t]
+            for i in range(padded):
+                ranks[i] += (v > vals[i]) | ((v == vals[i]) & (key < keys[i]))
 
 
 @njit(inline="always", **_JIT)
@@ -594,7 +603,7 @@ def _select_largest(tops, k, select, kept, ranks):
         kept[count] = float(tops[c])
         count += tops[c] >= floor
     padded = _pad(kept, count)
-    _ranks(kept, count, padded, ranks)
+    _ranks(kept, None, count, padded, ranks)
     for i in range(count):
         select[min(ranks[i], k + 1)] = kept[i]
 
@@ -747,13 +756,19 @@ def _bucket_ids(row, u, inv, last, bucket, at_u):
 def _bucket_order(row, u, width, n_buckets, order, bucket, every, tally):
     """Counting sort of the non-candidates (``x_j < u``; ``every``: of every column, those
     ``>= u`` in bucket 0) into ``order``, by their bucket ``bucket[j] =
-    ⌊(u − x_j)/width⌋``, capped at the last one (``n_buckets − 1 < 255``).
+    ⌊(u − x_j)/width⌋``, capped at the last one (``n_buckets − 1 < 255``); the candidates
+    (``bucket[j] = n_buckets``) follow them.
 
-    ``bucket`` holds uint8, ``order`` uint32 columns and ``tally`` (uint32 scratch of
-    ``5 (n_buckets + 1)``) the histograms and fill pointers: unsigned indices spare the
-    check for negative ones that numba puts on every signed index (the histogram and the
-    scatter ran 1.5x to 2x faster than with int32 ids and int64 counts, and the columns
-    read from ``order`` index the row without it too)."""
+    The columns are counted and placed in 4 interleaved streams (``j mod 4``, the last
+    ``C mod 4`` columns in stream 0), each with its own histogram and fill pointers, so that
+    neither waits on a pointer that the previous column just moved. Within a bucket: stream
+    0's columns, then stream 1's, …, each in increasing order.
+
+    ``bucket`` holds uint8, ``order`` uint32 columns and ``tally`` (uint32 scratch of at
+    least ``4 (n_buckets + 1)``) the histograms, then the fill pointers: unsigned indices
+    spare the check for negative ones that numba puts on every signed index (the histogram
+    and the scatter ran 1.5x to 2x faster than with int32 ids and int64 counts, and the
+    columns read from ``order`` index the row without it too)."""
     cols = row.shape[0]
     _bucket_ids(row, u, 1.0 / width, n_buckets - 1.0, bucket[:cols],
                 0.0 if every else float(n_buckets))
@@ -768,17 +783,27 @@ def _bucket_order(row, u, width, n_buckets, order, bucket, every, tally):
         counts[3 * stride + bucket[j + 3]] += 1
     for j in range(quad, cols):
         counts[bucket[j]] += 1
-    fill = tally[4 * stride:4 * stride + n_buckets]  # where the next entry of each bucket goes
-    fill[0] = 0
-    for i in range(n_buckets - 1):
-        fill[i + 1] = (fill[i] + counts[i] + counts[stride + i] + counts[2 * stride + i]
-                       + counts[3 * stride + i])
-    for j in range(cols):
-        i = bucket[j]
-        if i < n_buckets:
-            p = fill[i]
-            order[p] = j
-            fill[i] = p + np.uint32(1)
+    # the histograms become the fill pointers (where each stream puts its next column of
+    # each bucket): bucket by bucket, stream by stream
+    total = np.uint32(0)
+    for i in range(stride):
+        for s in range(4):
+            count = counts[s * stride + i]
+            counts[s * stride + i] = total
+            total += count
+    one = np.uint32(1)
+    s1, s2, s3 = np.uint64(stride), np.uint64(2 * stride), np.uint64(3 * stride)
+    for j in range(0, quad, 4):
+        i0, i1 = np.uint64(bucket[j]), np.uint64(bucket[j + 1]) + s1
+        i2, i3 = np.uint64(bucket[j + 2]) + s2, np.uint64(bucket[j + 3]) + s3
+        p0, p1, p2, p3 = counts[i0], counts[i1], counts[i2], counts[i3]
+        order[p0], order[p1], order[p2], order[p3] = j, j + 1, j + 2, j + 3
+        counts[i0], counts[i1], counts[i2], counts[i3] = p0 + one, p1 + one, p2 + one, p3 + one
+    for j in range(quad, cols):
+        i0 = np.uint64(bucket[j])
+        p0 = counts[i0]
+        order[p0] = j
+        counts[i0] = p0 + one
 
 
 @njit(inline="always", **_JIT)
@@ -860,43 +885,40 @@ def _keep_reaching(values, order, n, floor, kept_val, kept_col):
 
 
 @njit(**_JIT)
-def _head_best(values, order, full, k, guess, top_val, top_col, kept_val, kept_col):
+def _head_best(values, order, full, k, guess, top_val, top_col, kept_val, kept_col, ranks):
     """``top_val[:k]``, ``top_col[:k]`` = the ``k`` best of the ``full >= k`` entries
     ``(values[i], order[i])`` in torch.topk's order of finite values, descending. Only the
     entries that reach ``guess`` are ranked when at least ``k`` do (they then hold the
     ``k`` best), else every entry; returns whether the guess held.
 
-    The kept entries are listed into ``kept_val``, ``kept_col`` (scratch of ``full``)
-    without a branch per entry; each one's rank is the number of kept entries that beat it
-    (a count that vectorises; the columns differ, so the ranks are ``0, 1, …``), and it is
-    stored at ``min(rank, k)``: ``top_val``, ``top_col`` hold ``k + 1`` entries, the last a
-    sink for the others. No branch depends on the values, unlike insertions into a sorted
-    buffer."""
+    The kept entries are listed into ``kept_val``, ``kept_col`` (scratch of ``full``, plus 7
+    for :func:`_pad`'s full vector steps) without a branch per entry; each one's rank is the
+    number of kept entries that beat it, the smaller column first among equal values
+    (:func:`_ranks`, into ``ranks``, int64 scratch as long), and it is stored at
+    ``min(rank, k)``: ``top_val``, ``top_col`` hold ``k + 1`` entries, the last a sink for
+    the others. No branch depends on the values, unlike insertions into a sorted buffer."""
     kept = _keep_reaching(values, order, full, guess, kept_val, kept_col)
     held = kept >= k
     if not held:  # every entry
         kept = _keep_reaching(values, order, full, -np.inf, kept_val, kept_col)
+    _ranks(kept_val, kept_col, kept, _pad(kept_val, kept), ranks)
     for i in range(kept):
-        v, j = kept_val[i], kept_col[i]
-        rank = 0
-        for t in range(kept):
-            rank += (kept_val[t] > v) | ((kept_val[t] == v) & (kept_col[t] < j))
-        top_val[min(rank, k)] = v
-        top_col[min(rank, k)] = j
+        top_val[min(ranks[i], k)] = kept_val[i]
+        top_col[min(ranks[i], k)] = kept_col[i]
     return held
 
 
 @njit(**_JIT)
 def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val, out_col,
                top_val, top_col, order, bucket, noise, noise_bits, tally, head_x, head_v,
-               picked, gauss):
+               picked, ranks, gauss):
     """A broad row (see ``_BROAD_SPREAD``): every class ordered by buckets of width
     ``ε/8`` below the row's largest score ``top``; per draw, the first
     ``k + _BROAD_FULL`` classes of the order (the head, their scores gathered once in
     ``head_x``) drawn in full into ``noise`` (their Gaussians for every draw at once when
     they fit in ``gauss``, :func:`_gaussians_at_once`), filtered by a guess and ranked
-    (:func:`_head_best`, with ``head_v`` and ``picked`` as scratch), the others revealed
-    lazily (:func:`_reveal_buckets`; on given draws, each trial read from them)."""
+    (:func:`_head_best`, with ``head_v``, ``picked`` and ``ranks`` as scratch), the others
+    revealed lazily (:func:`_reveal_buckets`; on given draws, each trial read from them)."""
     cols = row.shape[0]
     width = eps * _BUCKET_WIDTH
     _bucket_order(row, top, width, _BROAD_BUCKETS, order, bucket, True, tally)
@@ -918,7 +940,8 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
             state = _normals(state, noise[:full], noise_bits[:full])
             for i in range(full):
                 noise[i] = head_x[i] + eps * noise[i]
-        if not _head_best(noise, order, full, k, guess, top_val, top_col, head_v, picked):
+        if not _head_best(noise, order, full, k, guess, top_val, top_col, head_v, picked,
+                          ranks):
             guess -= _HEAD_RETRY * eps
         if given:  # every trial read from the draws
             for i in range(full, cols):
@@ -949,7 +972,7 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
             if _is_broad(tops[:n_chunks], top, m, eps):
                 _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given,
                            out_val, out_col, top_val, top_col, order, bucket, cand_v,
-                           noise_bits, tally, cand_x, head_v, picked, gauss)
+                           noise_bits, tally, cand_x, head_v, picked, cand_col, gauss)
                 return
             _select_largest(tops[:n_chunks], k, select, cand_v, picked)
     if finite:
@@ -1025,10 +1048,10 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     noise_bits = np.empty(cols, dtype=np.uint64)
     order = np.empty(cols, dtype=np.uint32)
     bucket = np.empty(cols, dtype=np.uint8)
-    tally = np.empty(5 * (_BROAD_BUCKETS + 1), dtype=np.uint32)
+    tally = np.empty(4 * (_BROAD_BUCKETS + 1), dtype=np.uint32)
     tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
     chosen = np.empty(cols // _CHUNK + 1, dtype=np.int64)
-    head_v = np.empty(k + _BROAD_FULL, dtype=np.float64)
+    head_v = np.empty(k + _BROAD_FULL + 7, dtype=np.float64)  # + 7: _pad's vector steps
     picked = np.empty(cols, dtype=np.int64)
     gauss = np.empty(cols, dtype=np.float64)  # a row's Gaussians, every draw's at once
     _block_rows(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
