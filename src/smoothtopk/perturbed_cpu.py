@@ -128,11 +128,10 @@ _SORT_FRACTION = 1.0 / 32.0
 #: search, and their first ``k + _BROAD_FULL`` classes in that order are drawn in full.
 _BROAD_SPREAD = 4.0
 _BROAD_FULL = 24
-#: Of those, the perturbed values that reach the lowest of the first ``k`` scores minus
-#: ``_HEAD_GUESS·ε`` enter the buffer (when at least ``k`` do; after a draw where fewer did,
-#: the row's guess falls by ``_HEAD_RETRY·ε``): speed only (``ε/4`` lower ranked a quarter
-#: more values, some 1.5% slower at ε = 1 on N(0, 1) scores).
-_HEAD_GUESS = 0.0
+#: Of those, the perturbed values that reach a guess, at first the lowest of the first ``k``
+#: scores, enter the buffer (when at least ``k`` do; after a draw where fewer did, the row's
+#: guess falls by ``_HEAD_RETRY·ε``): speed only (a first guess ``ε/4`` lower ranked a
+#: quarter more values, some 1.5% slower at ε = 1 on N(0, 1) scores).
 _HEAD_RETRY = 0.5
 #: Buckets of a broad row's order, below its largest score: twice as many as ``u`` needs, so
 #: that the open-ended last one stays light (a heavy bucket serialises the counting sort).
@@ -927,7 +926,7 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
     full = min(k + _BROAD_FULL, cols)
     for i in range(full):
         head_x[i] = float(row[order[i]])
-    guess = _smallest(head_x[:k]) - _HEAD_GUESS * eps
+    guess = _smallest(head_x[:k])
     batched = False
     if not given:
         state, batched = _gaussians_at_once(state, n_samples, full, gauss, noise_bits)
