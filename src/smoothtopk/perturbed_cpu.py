@@ -259,6 +259,27 @@ def _gaussians_at_once(state, n_samples, per_draw, gauss, bits):
 
 
 @njit(inline="always", **_JIT)
+def _perturbed_values(state, b, r, x, cols, n, eps, perturbed, given, batched, gauss, out,
+                      bits):
+    """``out[:n]`` = draw ``b``'s perturbed values of the ``n`` classes ``cols[:n]`` of row
+    ``r``, scores ``x[:n]``: read from the given draws (``perturbed``), or ``x + εZ`` with
+    ``Z`` from ``gauss`` (every draw's at once, :func:`_gaussians_at_once`, when
+    ``batched``) or drawn now (:func:`_normals`, ``bits``: scratch of ``n``). Returns the
+    stream's state."""
+    if given:
+        for i in range(n):
+            out[i] = float(perturbed[b, r, cols[i]])
+    elif batched:
+        for i in range(n):
+            out[i] = x[i] + eps * gauss[b * n + i]
+    else:
+        state = _normals(state, out[:n], bits[:n])
+        for i in range(n):
+            out[i] = x[i] + eps * out[i]
+    return state
+
+
+@njit(inline="always", **_JIT)
 def _normal_from(state, bits):
     """The ziggurat's draw whose first 64 bits are ``bits`` (more from the stream when it
     needs them)."""
@@ -378,6 +399,16 @@ def _largest(vals, lo, hi):
     return best
 
 
+@njit(inline="always", **_JIT)
+def _slice_floor(vals, n, parts):
+    """The smallest of the maxima of ``parts`` slices of ``vals[:n]`` (``n >= parts``, as
+    equal as integers allow), which at least ``parts`` entries reach (vectorised passes)."""
+    floor = np.inf
+    for s in range(parts):
+        floor = min(floor, _largest(vals, s * n // parts, (s + 1) * n // parts))
+    return floor
+
+
 @njit(**_JIT)
 def _select_many(vals, cols, n, k, top_val, top_col, picked):
     """``top_val[:k]``, ``top_col[:k]`` = the ``k`` best of the ``n >= k`` entries
@@ -386,9 +417,7 @@ def _select_many(vals, cols, n, k, top_val, top_col, picked):
     the entries, which at least ``k`` entries reach (the floor and the list of those
     entries are vectorised, without a branch per entry; ``picked``: scratch of ``n``
     columns)."""
-    floor = np.inf
-    for s in range(k):
-        floor = min(floor, _largest(vals, s * n // k, (s + 1) * n // k))
+    floor = _slice_floor(vals, n, k)
     for i in range(k):
         top_val[i] = -np.inf
         top_col[i] = np.iinfo(np.int64).max  # below every entry in torch.topk's order
@@ -596,9 +625,7 @@ def _select_largest(tops, k, select, kept, ranks):
     if k + 1 <= 7 and n >= 8:
         floor = _eight_floor(tops)
     else:
-        floor = np.inf
-        for s in range(k + 1):
-            floor = min(floor, _largest(tops, s * n // (k + 1), (s + 1) * n // (k + 1)))
+        floor = _slice_floor(tops, n, k + 1)
     count = 0
     for c in range(n):
         kept[count] = float(tops[c])
@@ -931,16 +958,8 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
     if not given:
         state, batched = _gaussians_at_once(state, n_samples, full, gauss, noise_bits)
     for b in range(n_samples):
-        if given:
-            for i in range(full):
-                noise[i] = float(perturbed[b, r, order[i]])
-        elif batched:
-            for i in range(full):
-                noise[i] = head_x[i] + eps * gauss[b * full + i]
-        else:
-            state = _normals(state, noise[:full], noise_bits[:full])
-            for i in range(full):
-                noise[i] = head_x[i] + eps * noise[i]
+        state = _perturbed_values(state, b, r, head_x, order, full, eps, perturbed, given,
+                                  batched, gauss, noise, noise_bits)
         if not _head_best(noise, order, full, k, guess, top_val, top_col, head_v, picked,
                           ranks):
             guess -= _HEAD_RETRY * eps
@@ -991,16 +1010,8 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
     width = eps * _BUCKET_WIDTH  # of the buckets ordering the non-candidates
     for b in range(n_samples):
         # 2. the candidates in full (count >= k): the first k fill the buffer
-        if given:
-            for i in range(count):
-                cand_v[i] = float(perturbed[b, r, cand_col[i]])
-        elif batched:
-            for i in range(count):
-                cand_v[i] = cand_x[i] + eps * gauss[b * count + i]
-        else:
-            state = _normals(state, cand_v[:count], noise_bits[:count])
-            for i in range(count):
-                cand_v[i] = cand_x[i] + eps * cand_v[i]
+        state = _perturbed_values(state, b, r, cand_x, cand_col, count, eps, perturbed,
+                                  given, batched, gauss, cand_v, noise_bits)
         if count > _SORTED_CANDIDATES:
             _select_many(cand_v, cand_col, count, k, top_val, top_col, picked)
         else:  # by decreasing score: few insertions
