@@ -18,6 +18,10 @@ def adversarial(name: str, rows: int, cols: int, gen: torch.Generator) -> torch.
         return torch.zeros(rows, cols)
     if name == "ties":  # few distinct values, ties across the candidate boundary
         return torch.randint(0, 4, (rows, cols), generator=gen).float()
+    if name == "leader":  # one class 2.5 above the others, which are N(0, 1)
+        x = torch.randn(rows, cols, generator=gen)
+        x[:, 0] = x.max(dim=1).values + 2.5
+        return x
     if name == "peaked":  # a trained network's scores: a few classes far ahead
         x = torch.randn(rows, cols, generator=gen)
         x[:, :5] += 8.0

@@ -101,7 +101,9 @@ def test_equals_reference_on_non_finite_given_noise(sampler, epsilon, cols):
 _LAW_CASES = [
     ("normal", 200, 3, 0.3, 3),  # many exceedances over the candidates
     ("normal", 200, 6, 1.0, None),
-    ("normal", 2000, 6, 1.0, None),  # kernel: the non-candidates ordered by buckets
+    ("normal", 2000, 6, 1.0, None),  # kernel: broad, the top classes ordered, the rest listed
+    ("normal", 2000, 6, 0.5, None),  # kernel: broad, the rest's upper part ordered later
+    ("leader", 2000, 6, 1.0, None),  # kernel: broad, the ordered part deeper than its depth
     ("peaked", 1000, 6, 0.1, None),  # few candidates matter
     ("peaked", 1000, 6, 0.1, 6),  # kernel: a few proposals under the common bound
     ("flat", 300, 6, 1.0, None),  # every class alike
@@ -319,6 +321,40 @@ def test_draws_of_a_row_are_independent(scores, epsilon, n_samples):
     assert abs(per_row.mean().item() - 1.0) <= Z_MAX * se
 
 
+def _broad_layout(scores, cols, k, epsilon, n_candidates):
+    """How the kernel orders the (broad) row of a ``_LAW_CASES`` case: ``"every"`` class,
+    or its classes down to ``_BROAD_DEPTH·ε`` below the largest score (``"split"``), or down
+    to a lower cut (``"deeper"``: fewer than the head reach that depth), and the rest of
+    the classes, with the cut (:func:`perturbed_cpu._broad_cut`)."""
+    row = adversarial(scores, 1, cols, torch.Generator().manual_seed(cols * k))[0].numpy()
+    tops = np.empty(cols // 16, np.float32)
+    perturbed_cpu._chunk_tops(row, tops)
+    top, full = float(row.max()), k + perturbed_cpu._BROAD_FULL
+    lists = np.empty(cols + 16, np.uint32), np.empty(cols + 16, np.uint32)
+    cut, _, rest = perturbed_cpu._broad_cut(row, top, epsilon, full, tops, *lists)
+    if rest == 0:
+        return "every", rest, cut
+    depth = float(np.float32(top - perturbed_cpu._BROAD_DEPTH * epsilon))
+    return ("split" if cut == depth else "deeper"), rest, cut
+
+
+def test_law_cases_cover_the_broad_layouts():
+    """The law tests run broad rows ordered in every layout: every class; the top classes
+    down to the depth, or deeper, with the rest listed; and (``ε = 0.5``) a rest that would
+    make more than ``_REST_EXTEND`` proposals over a row's draws at the reference's median
+    k-th largest value, so that the kernel orders its upper part in most rows."""
+    layouts = {case: _broad_layout(*case) for case in _LAW_CASES
+               if _law_case_is_broad(*case)}
+    assert {layout for layout, _, _ in layouts.values()} == {"every", "split", "deeper"}
+    case = ("normal", 2000, 6, 0.5, None)
+    _, rest, cut = layouts[case]
+    row = adversarial("normal", 1, 2000, torch.Generator().manual_seed(2000 * 6))
+    values, _ = _perturbed_kth_reference(row.expand(200, 2000), 6, 0.5, 5,
+                                         torch.Generator().manual_seed(1), None)
+    level = perturbed_cpu._level((values.double().median().item() - cut) / 0.5)
+    assert level[0] * rest * 5 > 2 * perturbed_cpu._REST_EXTEND
+
+
 def test_law_cases_cover_both_paths():
     """The law tests above run broad rows (ordered from the outset) and searched ones."""
     broad = [_law_case_is_broad(*case) for case in _LAW_CASES]
@@ -330,14 +366,17 @@ def test_law_cases_cover_both_paths():
 @pytest.mark.parametrize(("scores", "epsilon"), [("normal", 1.0), ("normal", 0.05),
                                                  ("ties", 1.0), ("flat", 1.0),
                                                  ("subnormal", 1e3)])
-@pytest.mark.parametrize("every", [False, True])
-def test_bucket_order_groups_the_columns_by_score(scores, epsilon, every):
-    """The counting sort lists each column below u once (every column when ``every``),
-    with non-decreasing buckets, and bucket i holds scores in (u − (i+1)w, u − iw]: the
-    last one open-ended, float rounding aside. Subnormal gaps under a huge ε: the bucket
-    width's inverse underflows their distance to u, and they still belong to bucket 0.
-    The exact order: by bucket (the candidates last), then by stream (``j mod 4``, the
-    columns past the last multiple of 4 in stream 0), then by column."""
+@pytest.mark.parametrize("columns", ["every", "below u", "listed"])
+def test_bucket_order_groups_the_columns_by_score(scores, epsilon, columns):
+    """The counting sort orders each of its columns once: every column (a broad row, the
+    largest score as u), or the columns listed (a broad row's top part), or every column
+    with those at or above u last (a searched row's candidates); non-decreasing buckets,
+    and bucket i holds scores in (u − (i+1)w, u − iw]: the last one open-ended, float
+    rounding aside; ``ranked`` gives the bucket at each position. Subnormal gaps under a
+    huge ε: the bucket width's inverse underflows their distance to u, and they still
+    belong to bucket 0. The exact order: by bucket, then by stream (the i-th column sorted
+    in stream ``i mod 4``, those past the last multiple of 4 in stream 0), then in the
+    order given."""
     gen = torch.Generator().manual_seed(8)
     cols = 703  # not a multiple of 4: 3 columns past the streams' last full step
     if scores == "subnormal":
@@ -346,24 +385,58 @@ def test_bucket_order_groups_the_columns_by_score(scores, epsilon, every):
     else:
         x = adversarial(scores, 4, cols, gen).double().numpy()
     width, n_buckets = epsilon * perturbed_cpu._BUCKET_WIDTH, 64
-    stream = np.where(np.arange(cols) < cols // 4 * 4, np.arange(cols) % 4, 0)
     for row in x:
-        u = float(row.max()) if every else float(np.sort(row)[-15])
-        order, bucket = np.empty(cols, np.uint32), np.empty(cols, np.uint8)
+        u = float(np.sort(row)[-15]) if columns == "below u" else float(row.max())
+        # a listed subset, not in column order, its length not a multiple of 4
+        given = np.flatnonzero(row >= np.median(row))[::-1][:cols // 3 * 2 + 1]
+        sorted_ = given if columns == "listed" else np.arange(cols)
+        n = sorted_.size
+        order, ranked = np.empty(n, np.uint32), np.empty(n, np.uint8)
+        bucket = np.empty(n, np.uint8)
         tally = np.empty(4 * (n_buckets + 1), np.uint32)
-        perturbed_cpu._bucket_order(row, u, width, n_buckets, order, bucket, every, tally)
-        assert order.tolist() == sorted(range(cols), key=lambda j: (bucket[j], stream[j], j))
-        listed = np.flatnonzero(row < u) if not every else np.arange(cols)
-        count = listed.size
-        assert sorted(order[:count].tolist()) == listed.tolist()
-        ids = bucket[order[:count]].astype(np.int64)
+        at_u = n_buckets if columns == "below u" else 0
+        listed = given.astype(np.uint32) if columns == "listed" else None
+        perturbed_cpu._bucket_order(row, listed, n, u, width, n_buckets, at_u, order, ranked,
+                                    bucket, tally)
+        stream = np.where(np.arange(n) < n // 4 * 4, np.arange(n) % 4, 0)
+        expected = sorted(range(n), key=lambda i: (bucket[i], stream[i], i))
+        assert order.tolist() == sorted_[expected].tolist()
+        assert ranked.tolist() == bucket[expected].tolist()
+        count = n - int((row[sorted_] >= u).sum()) if columns == "below u" else n
+        ids = ranked[:count].astype(np.int64)
         assert (np.diff(ids) >= 0).all() and ((ids >= 0) & (ids < n_buckets)).all()
         scores_in = row[order[:count]]
         assert (scores_in <= u - ids * width * (1 - 1e-9)).all()
         inner = ids < n_buckets - 1
         assert (scores_in[inner] > u - (ids[inner] + 1) * width * (1 + 1e-9)).all()
-        if not every:
-            assert (bucket[row >= u] == n_buckets).all()  # the candidates: not listed
+        if columns == "below u":
+            assert (ranked[count:] == n_buckets).all()  # the candidates: last
+            assert (row[order[count:]] >= u).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cols", [5, 16, 703, 4096])
+@pytest.mark.parametrize("band", ["above", "between"])
+def test_split_lists_a_band_and_what_lies_below(dtype, cols, band):
+    """``_split``: the columns with lo <= x < hi, and those with x < lo, each in increasing
+    order, with entries equal to lo and hi at the edges; the same from the vector path (16
+    columns at a time, when LLVM has it) and the column-by-column one."""
+    rng = np.random.default_rng(cols)
+    row = rng.integers(-8, 8, cols).astype(dtype) / dtype(4)  # many entries equal the bounds
+    lo = float(dtype(-0.5))
+    hi = np.inf if band == "above" else float(dtype(0.75))
+    want_band = np.flatnonzero((row >= lo) & (row < hi))
+    want_below = np.flatnonzero(row < lo)
+    assert (want_band.size and want_below.size) or cols < 16
+    for vector in (True, False):
+        band_out = np.full(cols + 16, 99999, np.uint32)
+        below_out = np.full(cols + 16, 99999, np.uint32)
+        if vector:
+            n, m = perturbed_cpu._split(row, lo, hi, band_out, below_out)
+        else:
+            n, m = perturbed_cpu._split_columns(row, lo, hi, band_out, below_out, 0)
+        assert band_out[:n].tolist() == want_band.tolist()
+        assert below_out[:m].tolist() == want_below.tolist()
 
 
 @pytest.mark.parametrize("n", [6, 30, 48, 49, 100, 997])

@@ -50,9 +50,17 @@ Algorithm, per row (rows in parallel, each with its own random stream):
      buckets of width ``ε/8`` below ``u`` (a counting sort, once per row): the level of a
      bucket is below ``(T − top of the bucket)/ε``, so that ``q`` is close to every ``p_j``
      in it, and the high buckets, visited first, raise ``T`` early.
-   * A broad row is ordered so from the outset, every class by buckets of width ``ε/8``
-     below the row's largest score (128 buckets, so that the open-ended last one stays
-     light); per draw, the first ``k + 24`` classes of that order play the candidates' part
+   * A broad row is ordered so from the outset, by buckets of width ``ε/8`` below the
+     row's largest score (at most 128 buckets, so that the open-ended last one stays
+     light), but only down to a *cut* ``2.5ε`` below that score (lower when fewer than
+     ``k + 24`` classes reach it): the classes under the cut, "the rest", are listed in
+     column order and revealed after the ordered ones, at the common level of ``x_j <
+     cut``. Both lists come from one pass over the row, 16 columns at a time (a vector
+     compress). When few classes lie under the cut (ε large against the spread of the
+     scores) every class is ordered. When the rest would make more than 100 proposals
+     over the row's remaining draws, its part above the score under which it would make
+     half a proposal a draw is ordered too, once per row, and revealed before the others.
+     Per draw, the first ``k + 24`` classes of the order play the candidates' part
      (step 2) and the rest of the order is revealed as above. Only those of the ``k + 24``
      perturbed values that reach a guess, the lowest of the first ``k`` scores, are kept
      (some 12 of them at ε = 1 on N(0, 1) scores), when at least ``k`` are (more than 99%
@@ -72,8 +80,9 @@ or in given draws) are drawn in full, with :func:`torch.topk`'s order (NaN above
 everything).
 
 Cost per row: one read of the row (plus a counting sort only when the common level is too
-low, or the row is broad), a Gaussian per candidate and draw, and ``O(proposals)`` work
-per draw. Memory: ``O(C)`` scratch per thread; nothing of size ``B·R·C``.
+low, or, for a broad row, a pass that lists its classes above and under the cut and a
+counting sort of those above), a Gaussian per candidate and draw, and ``O(proposals)``
+work per draw. Memory: ``O(C)`` scratch per thread; nothing of size ``B·R·C``.
 
 Random numbers: SplitMix64 (Steele, Lea, Flood, OOPSLA 2014) streams, one per row, keyed by
 a seed drawn from the caller's :class:`torch.Generator` and the row index, so results depend
@@ -89,8 +98,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import llvmlite.binding
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from smoothtopk._numba import JIT as _JIT
 from smoothtopk._numba import JIT_ALLOCATING as _JIT_ALLOCATING
@@ -137,10 +149,31 @@ _HEAD_RETRY = 0.5
 #: that the open-ended last one stays light (a heavy bucket serialises the counting sort).
 #: Both counts stay below 255: bucket ids are uint8 (:func:`_bucket_order`).
 _BROAD_BUCKETS = 2 * _N_BUCKETS
+#: A broad row orders only its classes within ``_BROAD_DEPTH·ε`` of its largest score (at
+#: least ``k + _BROAD_FULL`` of them); the others, "the rest", are revealed at one common
+#: level over a list of their columns (speed only: at ε = 1 on N(0, 1) scores the rest holds
+#: some 75% of the classes at C = 1081 and makes a median 1.4 proposals a draw, a mean 4.4
+#: as rows whose largest score stands out make more; depths 2.25, 2.75, 3 and 3.5 ran 3%,
+#: 6%, 7% and 15% slower there, 2 ran 9% slower).
+_BROAD_DEPTH = 2.5
+#: The whole row is ordered instead when fewer than ``1/_FEW_REST`` of a sample of its first
+#: ``_REST_SAMPLE`` classes lie below that depth (ε large against the spread of the scores).
+_FEW_REST = 8
+_REST_SAMPLE = 512
+#: When the rest would make more than this many proposals over the row's remaining draws
+#: (at the current ``T``), the part of it above the level where it would make
+#: ``_REST_TARGET`` a draw is ordered too, once per row (speed only).
+_REST_EXTEND = 100.0
+_REST_TARGET = 0.5
 
 # Re-association only (no assumption about NaN or infinities): lets the chunk maxima of
 # the candidate search vectorise.
 _REASSOC = {"reassoc", "nsz", "contract"}
+
+#: Whether LLVM has the register form of a vector compress (``llvm.experimental.vector.
+#: compress``, LLVM 19 on): :func:`_split` then lists 16 columns at a time (AVX-512's
+#: ``vpcompressd``; a generic sequence elsewhere). Older numba: one column at a time.
+_VECTOR_COMPRESS = llvmlite.binding.llvm_version_info >= (19,)
 
 
 def _ziggurat_tables(density: Callable[[float], float], inverse: Callable[[float], float],
@@ -450,6 +483,106 @@ def _insert_listed(vals, cols, picked, count, k, top_val, top_col):
 def _above(a, b):
     """torch.topk's order: NaN above everything, then the usual order."""
     return a > b or (a != a and b == b)
+
+
+def _splat(builder: ir.IRBuilder, vector: ir.VectorType, value: ir.Value) -> ir.Value:
+    """``value`` in every lane of a ``vector``."""
+    i32 = ir.IntType(32)
+    first = builder.insert_element(ir.Constant(vector, None), value, ir.Constant(i32, 0))
+    lanes = ir.Constant(ir.VectorType(i32, vector.count), [0] * vector.count)
+    return builder.shuffle_vector(first, ir.Constant(vector, None), lanes)
+
+
+def _compressed(builder: ir.IRBuilder, values: ir.Value, mask: ir.Value) -> ir.Value:
+    """The lanes of ``values`` where ``mask`` holds, moved to the front, in order."""
+    name = f"llvm.experimental.vector.compress.v{values.type.count}i32"
+    try:
+        compress = builder.module.get_global(name)
+    except KeyError:
+        compress = ir.Function(builder.module, ir.FunctionType(
+            values.type, [values.type, mask.type, values.type]), name=name)
+    return builder.call(compress, [values, mask, ir.Constant(values.type, None)])
+
+
+def _store_lanes(builder: ir.IRBuilder, context, array_type, array: ir.Value, at: ir.Value,
+                 values: ir.Value) -> None:
+    """The lanes of ``values`` stored from ``array[at]`` on (unaligned)."""
+    data = context.make_array(array_type)(context, builder, array).data
+    target = builder.bitcast(builder.gep(data, [at]), values.type.as_pointer())
+    builder.store(values, target, align=1)
+
+
+def _lanes_set(builder: ir.IRBuilder, mask: ir.Value) -> ir.Value:
+    """How many lanes of a 16-lane ``mask`` hold, as an int64."""
+    bits = builder.bitcast(mask, ir.IntType(16))
+    popcount = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(16)])
+    return builder.zext(builder.call(popcount, [bits]), ir.IntType(64))
+
+
+@intrinsic
+def _split16(typingctx, row_t, start_t, lo_t, hi_t, band_t, at_t, below_t, below_at_t):
+    """Columns ``start`` to ``start + 15`` of ``row``: those with ``lo <= x < hi`` stored
+    from ``band[at]`` on, those with ``x < lo`` from ``below[below_at]`` on, in order
+    (16 lanes written each time: 16 entries of slack); returns the two new ends. ``lo``,
+    ``hi``: values of the row's dtype (compared in it)."""
+    sig = types.UniTuple(types.int64, 2)(row_t, types.int64, types.float64, types.float64,
+                                         band_t, types.int64, below_t, types.int64)
+
+    def codegen(context, builder, signature, args):
+        row, start, lo, hi, band, at, below, below_at = args
+        element = context.get_data_type(signature.args[0].dtype)
+        lanes = ir.VectorType(element, 16)
+        columns_type = ir.VectorType(ir.IntType(32), 16)
+        data = context.make_array(signature.args[0])(context, builder, row).data
+        values = builder.load(builder.bitcast(builder.gep(data, [start]), lanes.as_pointer()),
+                              align=1)
+        if not isinstance(element, ir.DoubleType):  # exact: values of the row's dtype
+            lo, hi = builder.fptrunc(lo, element), builder.fptrunc(hi, element)
+        reach = builder.fcmp_ordered(">=", values, _splat(builder, lanes, lo))
+        in_band = builder.and_(reach, builder.fcmp_ordered("<", values,
+                                                           _splat(builder, lanes, hi)))
+        under = builder.fcmp_ordered("<", values, _splat(builder, lanes, lo))
+        first = _splat(builder, columns_type, builder.trunc(start, ir.IntType(32)))
+        columns = builder.add(first, ir.Constant(columns_type, list(range(16))))
+        _store_lanes(builder, context, signature.args[4], band, at,
+                     _compressed(builder, columns, in_band))
+        _store_lanes(builder, context, signature.args[6], below, below_at,
+                     _compressed(builder, columns, under))
+        ends = [builder.add(at, _lanes_set(builder, in_band)),
+                builder.add(below_at, _lanes_set(builder, under))]
+        return context.make_tuple(builder, signature.return_type, ends)
+
+    return sig, codegen
+
+
+@njit(**_JIT)
+def _split_columns(row, lo, hi, band, below, start):
+    """:func:`_split` from column ``start`` on, one column at a time, without a branch per
+    column."""
+    at = below_at = 0
+    lo_x, hi_x = row.dtype.type(lo), row.dtype.type(hi)
+    for j in range(start, row.shape[0]):
+        band[at] = j
+        below[below_at] = j
+        at += (row[j] >= lo_x) & (row[j] < hi_x)
+        below_at += row[j] < lo_x
+    return at, below_at
+
+
+@njit(**_JIT)
+def _split(row, lo, hi, band, below):
+    """``band[:n]`` = the columns with ``lo <= x_j < hi``, ``below[:m]`` = those with
+    ``x_j < lo``, both in increasing order; returns ``(n, m)``. ``lo``, ``hi``: values of the
+    row's dtype (``hi`` may be ∞), the row finite; ``band`` and ``below``: uint32, 16
+    entries longer than the row. With :data:`_VECTOR_COMPRESS`, 16 columns at a time."""
+    if not _VECTOR_COMPRESS:
+        return _split_columns(row, lo, hi, band, below, 0)
+    full = row.shape[0] // 16 * 16
+    at = below_at = 0
+    for start in range(0, full, 16):
+        at, below_at = _split16(row, start, lo, hi, band, at, below, below_at)
+    more, more_below = _split_columns(row, lo, hi, band[at:], below[below_at:], full)
+    return at + more, below_at + more_below
 
 
 @njit(fastmath=_REASSOC, **_JIT)
@@ -772,65 +905,72 @@ def _dense_row(row, k, eps, n_samples, state, perturbed, r, given, top_val, top_
 
 
 @njit(fastmath=_REASSOC, **_JIT)
-def _bucket_ids(row, u, inv, last, bucket, at_u):
-    """``bucket[j] = min(⌊(u − x_j)·inv⌋, last)`` for ``x_j < u`` (0 where the product
-    underflows), ``at_u`` for ``x_j >= u``; vectorised."""
-    for j in range(row.shape[0]):
-        v = float(row[j])
-        bucket[j] = np.uint8(min((u - v) * inv, last)) if v < u else np.uint8(at_u)
+def _bucket_ids(row, listed, n, u, inv, last, at_u, bucket):
+    """``bucket[i] = min(⌊(u − x)·inv⌋, last)`` for ``x < u`` (0 where the product
+    underflows), ``at_u`` for ``x >= u``, with ``x`` the score of column ``listed[i]``
+    (``listed`` None: column ``i``), ``i < n``; vectorised."""
+    for i in range(n):
+        v = float(row[i if listed is None else listed[i]])
+        bucket[i] = np.uint8(min((u - v) * inv, last)) if v < u else np.uint8(at_u)
 
 
 @njit(**_JIT)
-def _bucket_order(row, u, width, n_buckets, order, bucket, every, tally):
-    """Counting sort of the non-candidates (``x_j < u``; ``every``: of every column, those
-    ``>= u`` in bucket 0) into ``order``, by their bucket ``bucket[j] =
-    ⌊(u − x_j)/width⌋``, capped at the last one (``n_buckets − 1 < 255``); the candidates
-    (``bucket[j] = n_buckets``) follow them.
+def _bucket_order(row, listed, n, u, width, n_buckets, at_u, order, ranked, bucket, tally):
+    """Counting sort of ``n`` columns (``listed[:n]``, or every column when ``listed`` is
+    None) by their bucket ``⌊(u − x_j)/width⌋``, capped at the last one (``n_buckets − 1 <
+    255``), those with ``x_j >= u`` in bucket ``at_u`` (0, or ``n_buckets``: after the
+    others), into ``order[:n]``; ``ranked[p]`` = the bucket of ``order[p]``.
 
-    The columns are counted and placed in 4 interleaved streams (``j mod 4``, the last
-    ``C mod 4`` columns in stream 0), each with its own histogram and fill pointers, so that
-    neither waits on a pointer that the previous column just moved. Within a bucket: stream
-    0's columns, then stream 1's, …, each in increasing order.
+    The columns are counted and placed in 4 interleaved streams (the ``i``-th listed column
+    in stream ``i mod 4``, the last ``n mod 4`` in stream 0), each with its own histogram
+    and fill pointers, so that neither waits on a pointer that the previous column just
+    moved. Within a bucket: stream 0's columns, then stream 1's, …, each in the listed
+    order.
 
-    ``bucket`` holds uint8, ``order`` uint32 columns and ``tally`` (uint32 scratch of at
-    least ``4 (n_buckets + 1)``) the histograms, then the fill pointers: unsigned indices
-    spare the check for negative ones that numba puts on every signed index (the histogram
-    and the scatter ran 1.5x to 2x faster than with int32 ids and int64 counts, and the
-    columns read from ``order`` index the row without it too)."""
-    cols = row.shape[0]
-    _bucket_ids(row, u, 1.0 / width, n_buckets - 1.0, bucket[:cols],
-                0.0 if every else float(n_buckets))
+    ``bucket`` (uint8 scratch of ``n``) holds the listed columns' buckets, ``order`` uint32
+    columns and ``tally`` (uint32 scratch of at least ``4 (n_buckets + 1)``) the
+    histograms, then the fill pointers: unsigned indices spare the check for negative ones
+    that numba puts on every signed index (the histogram and the scatter ran 1.5x to 2x
+    faster than with int32 ids and int64 counts, and the columns read from ``order`` index
+    the row without it too)."""
+    _bucket_ids(row, listed, n, u, 1.0 / width, n_buckets - 1.0, at_u, bucket)
     stride = n_buckets + 1
     counts = tally[:4 * stride]  # 4 histograms: no store stalls
     counts[:] = 0
-    quad = cols // 4 * 4
-    for j in range(0, quad, 4):
-        counts[bucket[j]] += 1
-        counts[stride + bucket[j + 1]] += 1
-        counts[2 * stride + bucket[j + 2]] += 1
-        counts[3 * stride + bucket[j + 3]] += 1
-    for j in range(quad, cols):
-        counts[bucket[j]] += 1
+    quad = n // 4 * 4
+    for i in range(0, quad, 4):
+        counts[bucket[i]] += 1
+        counts[stride + bucket[i + 1]] += 1
+        counts[2 * stride + bucket[i + 2]] += 1
+        counts[3 * stride + bucket[i + 3]] += 1
+    for i in range(quad, n):
+        counts[bucket[i]] += 1
     # the histograms become the fill pointers (where each stream puts its next column of
-    # each bucket): bucket by bucket, stream by stream
+    # each bucket): bucket by bucket, stream by stream; each bucket's positions ranked
     total = np.uint32(0)
-    for i in range(stride):
+    for b in range(stride):
+        first = total
         for s in range(4):
-            count = counts[s * stride + i]
-            counts[s * stride + i] = total
+            count = counts[s * stride + b]
+            counts[s * stride + b] = total
             total += count
+        ranked[first:total] = b
     one = np.uint32(1)
     s1, s2, s3 = np.uint64(stride), np.uint64(2 * stride), np.uint64(3 * stride)
-    for j in range(0, quad, 4):
-        i0, i1 = np.uint64(bucket[j]), np.uint64(bucket[j + 1]) + s1
-        i2, i3 = np.uint64(bucket[j + 2]) + s2, np.uint64(bucket[j + 3]) + s3
+    for i in range(0, quad, 4):
+        i0, i1 = np.uint64(bucket[i]), np.uint64(bucket[i + 1]) + s1
+        i2, i3 = np.uint64(bucket[i + 2]) + s2, np.uint64(bucket[i + 3]) + s3
         p0, p1, p2, p3 = counts[i0], counts[i1], counts[i2], counts[i3]
-        order[p0], order[p1], order[p2], order[p3] = j, j + 1, j + 2, j + 3
+        if listed is None:
+            order[p0], order[p1], order[p2], order[p3] = i, i + 1, i + 2, i + 3
+        else:
+            order[p0], order[p1] = listed[i], listed[i + 1]
+            order[p2], order[p3] = listed[i + 2], listed[i + 3]
         counts[i0], counts[i1], counts[i2], counts[i3] = p0 + one, p1 + one, p2 + one, p3 + one
-    for j in range(quad, cols):
-        i0 = np.uint64(bucket[j])
+    for i in range(quad, n):
+        i0 = np.uint64(bucket[i])
         p0 = counts[i0]
-        order[p0] = j
+        order[p0] = i if listed is None else listed[i]
         counts[i0] = p0 + one
 
 
@@ -848,18 +988,19 @@ def _trial(state, xj, j, eps, level, top_val, top_col, k):
 
 
 @njit(**_JIT)
-def _reveal_buckets(state, row, order, bucket, others, u, width, eps, top_val, top_col, k,
+def _reveal_buckets(state, row, order, ranked, others, u, width, eps, top_val, top_col, k,
                     pos):
     """Step 3 over ``order[pos:others]``, classes ordered by buckets of decreasing scores
-    (``bucket[j]``: the bucket of column ``j``): the level of the bucket at the current
-    position (:func:`_level`), recomputed when the bucket changes or ``T`` rises."""
+    below ``u`` (``ranked[p]``: the bucket of ``order[p]``): the level of the bucket at the
+    current position (:func:`_level`), recomputed when the bucket changes or ``T``
+    rises."""
     current = -1
     stale = True
     level = _level(np.nan)  # replaced at once (stale)
     inv_eps = 1.0 / eps
     while pos < others:
-        if stale or bucket[order[pos]] != current:
-            current = bucket[order[pos]]  # every class from pos on has x_j <= u − current·width
+        if stale or ranked[pos] != current:
+            current = ranked[pos]  # every class from pos on has x_j <= u − current·width
             hi = u - current * width * (1.0 - 1e-9)  # float slack: x_j <= hi
             level = _level((top_val[k - 1] - hi) * inv_eps)
             stale = False
@@ -874,21 +1015,22 @@ def _reveal_buckets(state, row, order, bucket, others, u, width, eps, top_val, t
 
 
 @njit(**_JIT)
-def _reveal_columns(state, row, u, eps, top_val, top_col, k, level, gap):
-    """Step 3 over every column in turn at the common level of ``x_j < u`` (a proposal
-    that falls on a candidate is discarded: its noise is drawn already), from the first
+def _reveal_listed(state, row, listed, n, u, eps, top_val, top_col, k, level, gap):
+    """Step 3 over ``n`` columns in turn (``listed[:n]``, or every column when ``listed``
+    is None) at the common level of ``x_j < u`` (a proposal that falls on a column with
+    ``x_j >= u``, a candidate, is discarded: its noise is drawn already), from the first
     gap (drawn by the caller at that ``level`` of :func:`_level`)."""
-    cols = row.shape[0]
     pos = 0
-    while pos + gap < cols:
-        j = pos + int(gap)
-        pos = j + 1
+    while pos + gap < n:
+        i = pos + int(gap)
+        pos = i + 1
+        j = i if listed is None else listed[i]
         xj = float(row[j])
         if xj < u:
             state, stale = _trial(state, xj, j, eps, level, top_val, top_col, k)
             if stale:
                 level = _level((top_val[k - 1] - u) / eps)
-        state, gap = _geometric(state, level, cols - pos)
+        state, gap = _geometric(state, level, n - pos)
     return state
 
 
@@ -936,21 +1078,76 @@ def _head_best(values, order, full, k, guess, top_val, top_col, kept_val, kept_c
     return held
 
 
+@njit(inline="always", **_JIT)
+def _broad_cut(row, top, eps, full, tops, above, rest):
+    """How a broad row with largest score ``top`` and chunk maxima ``tops`` is ordered:
+    ``(cut, n, m)``, the ``n`` classes with ``x_j >= cut`` listed in ``above`` and the
+    ``m`` others (the rest) in ``rest`` (:func:`_split`), or ``(−∞, C, 0)`` when every class
+    is to be ordered. ``cut`` is a value of the row's dtype ``_BROAD_DEPTH·ε`` below
+    ``top``, lowered when fewer than ``full`` classes reach it to one that ``full`` chunk
+    maxima reach; every class is ordered when fewer than ``C/_FEW_REST`` would be left out
+    (judged on a sample first, so that the listing is skipped), or there are fewer than
+    ``full`` chunks."""
+    cols = row.shape[0]
+    cut = float(row.dtype.type(top - _BROAD_DEPTH * eps))
+    sample = min(cols, _REST_SAMPLE)
+    if (sample - _count_from(row[:sample], cut)) * _FEW_REST < sample:
+        return -np.inf, cols, 0
+    n, m = _split(row, cut, np.inf, above, rest)
+    if n < full:  # too few for the head
+        if tops.shape[0] < full:
+            return -np.inf, cols, 0
+        cut = float(_slice_floor(tops, tops.shape[0], full))
+        n, m = _split(row, cut, np.inf, above, rest)
+    if m * _FEW_REST < cols:
+        return -np.inf, cols, 0
+    return cut, n, m
+
+
+@njit(inline="always", **_JIT)
+def _rest_floor(t, cut, eps, n, dtype_of):
+    """The score, of the dtype of ``dtype_of``, below which ``n`` classes make at most
+    ``_REST_TARGET`` proposals a draw at threshold ``t``: ``t − a·ε`` for the first grid
+    level ``a`` at or above that of ``(t − cut)/ε`` with ``n·Φ̄(a) <= _REST_TARGET``."""
+    a = (t - cut) / eps
+    i = _GRID_A.shape[0] - 1
+    if a < _GRID_HI:
+        i = max(int((a - _GRID_LO) * _GRID_PER_UNIT), 0)
+    while i + 1 < _GRID_A.shape[0] and _GRID_TAIL[i] * n > _REST_TARGET:
+        i += 1
+    return float(dtype_of.dtype.type(t - _GRID_A[i] * eps))
+
+
 @njit(**_JIT)
 def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val, out_col,
-               top_val, top_col, order, bucket, noise, noise_bits, tally, head_x, head_v,
-               picked, ranks, gauss):
-    """A broad row (see ``_BROAD_SPREAD``): every class ordered by buckets of width
-    ``ε/8`` below the row's largest score ``top``; per draw, the first
-    ``k + _BROAD_FULL`` classes of the order (the head, their scores gathered once in
-    ``head_x``) drawn in full into ``noise`` (their Gaussians for every draw at once when
-    they fit in ``gauss``, :func:`_gaussians_at_once`), filtered by a guess and ranked
-    (:func:`_head_best`, with ``head_v``, ``picked`` and ``ranks`` as scratch), the others
-    revealed lazily (:func:`_reveal_buckets`; on given draws, each trial read from them)."""
+               top_val, top_col, order, ranked, bucket, noise, noise_bits, tally, head_x,
+               head_v, picked, ranks, gauss, tops, above, rest):
+    """A broad row (see ``_BROAD_SPREAD``): its classes within ``_BROAD_DEPTH·ε`` of its
+    largest score ``top`` (at least the head, below) ordered by buckets of width ``ε/8``
+    below ``top`` (:func:`_broad_cut`, :func:`_bucket_order`), or every class when few
+    would be left out; per draw, the first ``k + _BROAD_FULL`` classes of the order (the
+    head, their scores gathered once in ``head_x``) drawn in full into ``noise`` (their
+    Gaussians for every draw at once when they fit in ``gauss``,
+    :func:`_gaussians_at_once`), filtered by a guess and ranked (:func:`_head_best`, with
+    ``head_v``, ``picked`` and ``ranks`` as scratch), the other ordered ones revealed
+    lazily by buckets (:func:`_reveal_buckets`), then the rest at one common level over
+    their list (:func:`_reveal_listed`). When the rest would make more than
+    ``_REST_EXTEND`` proposals over the remaining draws, its part above
+    :func:`_rest_floor` is ordered too (a band after the others, by buckets below the cut)
+    and the rest shrinks to the classes below it, once per row. On given draws, each trial
+    is read from them."""
     cols = row.shape[0]
     width = eps * _BUCKET_WIDTH
-    _bucket_order(row, top, width, _BROAD_BUCKETS, order, bucket, True, tally)
     full = min(k + _BROAD_FULL, cols)
+    cut, n_sorted, n_rest = _broad_cut(row, top, eps, full, tops, above, rest)
+    if n_rest:
+        n_buckets = min(int((top - cut) / width) + 1, _BROAD_BUCKETS)
+        _bucket_order(row, above, n_sorted, top, width, n_buckets, 0, order, ranked, bucket,
+                      tally)
+    else:
+        _bucket_order(row, None, cols, top, width, _BROAD_BUCKETS, 0, order, ranked, bucket,
+                      tally)
+    n_band, band_top, extended = 0, cut, False
     for i in range(full):
         head_x[i] = float(row[order[i]])
     guess = _smallest(head_x[:k])
@@ -964,22 +1161,45 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
                           ranks):
             guess -= _HEAD_RETRY * eps
         if given:  # every trial read from the draws
-            for i in range(full, cols):
-                j = order[i]
+            for i in range(full, n_sorted + n_rest):
+                j = order[i] if i < n_sorted else rest[i - n_sorted]
                 v = float(perturbed[b, r, j])
                 if _beats(v, j, top_val[k - 1], top_col[k - 1]):
                     _insert(top_val, top_col, k, v, j)
         else:
-            state = _reveal_buckets(state, row, order, bucket, cols, top, width, eps,
+            state = _reveal_buckets(state, row, order, ranked, n_sorted, top, width, eps,
                                     top_val, top_col, k, full)
+            if n_band:
+                state = _reveal_buckets(state, row, order[n_sorted:], ranked[n_sorted:],
+                                        n_band, band_top, width, eps, top_val, top_col, k, 0)
+            if n_rest:
+                level = _level((top_val[k - 1] - cut) / eps)
+                if not extended and level[0] * n_rest * (n_samples - b) > _REST_EXTEND:
+                    extended = True
+                    lo = _rest_floor(top_val[k - 1], cut, eps, n_rest, row)
+                    if lo < cut:
+                        n_band, n_rest = _split(row, lo, cut, above, rest)
+                        n_buckets = min(int((cut - lo) / width) + 1, _BROAD_BUCKETS)
+                        _bucket_order(row, above, n_band, cut, width, n_buckets, 0,
+                                      order[n_sorted:], ranked[n_sorted:], bucket, tally)
+                        band_top, cut = cut, lo
+                        state = _reveal_buckets(state, row, order[n_sorted:],
+                                                ranked[n_sorted:], n_band, band_top, width,
+                                                eps, top_val, top_col, k, 0)
+                        level = _level((top_val[k - 1] - cut) / eps)
+                if n_rest:
+                    state, gap = _geometric(state, level, n_rest)
+                    if gap < n_rest:
+                        state = _reveal_listed(state, row, rest, n_rest, cut, eps, top_val,
+                                               top_col, k, level, gap)
         out_val[b] = top_val[k - 1]
         out_col[b] = top_col[k - 1]
 
 
 @njit(inline="always", **_JIT)
 def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col, top_val,
-         top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket, tops, chosen,
-         head_v, picked, tally, gauss):
+         top_col, select, cand_col, cand_x, cand_v, noise_bits, order, ranked, bucket, tops,
+         chosen, head_v, picked, tally, gauss, above, rest_list):
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
     finite = not given or _draws_finite(perturbed, r)  # else the reference's order
@@ -991,8 +1211,9 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
             top = max(_largest_below(tops[:n_chunks], np.inf), rest)
             if _is_broad(tops[:n_chunks], top, m, eps):
                 _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given,
-                           out_val, out_col, top_val, top_col, order, bucket, cand_v,
-                           noise_bits, tally, cand_x, head_v, picked, cand_col, gauss)
+                           out_val, out_col, top_val, top_col, order, ranked, bucket, cand_v,
+                           noise_bits, tally, cand_x, head_v, picked, cand_col, gauss,
+                           tops[:n_chunks], above, rest_list)
                 return
             _select_largest(tops[:n_chunks], k, select, cand_v, picked)
     if finite:
@@ -1031,16 +1252,17 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
         else:  # 3. the other classes, revealed lazily
             level = _level((top_val[k - 1] - u) / eps)
             if not sorted_ and level[0] * others > _SORT_FRACTION * cols + 8.0:
-                _bucket_order(row, u, width, _N_BUCKETS, order, bucket, False, tally)
+                _bucket_order(row, None, cols, u, width, _N_BUCKETS, _N_BUCKETS, order,
+                              ranked, bucket, tally)
                 sorted_ = True
             if sorted_:
-                state = _reveal_buckets(state, row, order, bucket, others, u, width, eps,
+                state = _reveal_buckets(state, row, order, ranked, others, u, width, eps,
                                         top_val, top_col, k, 0)
             else:  # usually no proposal at all: the first gap passes the end of the row
                 state, gap = _geometric(state, level, cols)
                 if gap < cols:
-                    state = _reveal_columns(state, row, u, eps, top_val, top_col, k, level,
-                                            gap)
+                    state = _reveal_listed(state, row, None, cols, u, eps, top_val, top_col,
+                                           k, level, gap)
         out_val[b] = top_val[k - 1]
         out_col[b] = top_col[k - 1]
 
@@ -1059,7 +1281,10 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     cand_v = np.empty(cols, dtype=np.float64)
     noise_bits = np.empty(cols, dtype=np.uint64)
     order = np.empty(cols, dtype=np.uint32)
+    ranked = np.empty(cols, dtype=np.uint8)  # the bucket at each position of the order
     bucket = np.empty(cols, dtype=np.uint8)
+    above = np.empty(cols + 16, dtype=np.uint32)  # a broad row's lists (_split): + 16
+    rest_list = np.empty(cols + 16, dtype=np.uint32)
     tally = np.empty(4 * (_BROAD_BUCKETS + 1), dtype=np.uint32)
     tops = np.empty(cols // _CHUNK + 1, dtype=x.dtype)
     chosen = np.empty(cols // _CHUNK + 1, dtype=np.int64)
@@ -1068,21 +1293,21 @@ def _block(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out
     gauss = np.empty(cols, dtype=np.float64)  # a row's Gaussians, every draw's at once
     _block_rows(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
                 out_col, top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order,
-                bucket, tally, tops, chosen, head_v, picked, gauss)
+                ranked, bucket, tally, tops, chosen, head_v, picked, gauss, above, rest_list)
 
 
 @njit(**_JIT)
 def _block_rows(x, k, eps, n_samples, m, seed, perturbed, given, block, n_blocks, out_val,
                 out_col, top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order,
-                bucket, tally, tops, chosen, head_v, picked, gauss):
+                ranked, bucket, tally, tops, chosen, head_v, picked, gauss, above, rest_list):
     """The rows of :func:`_block` with its scratch buffers; row ``r`` draws from its own
     stream, keyed by ``(seed, r)``."""
     rows = x.shape[0]
     for r in range(block * rows // n_blocks, (block + 1) * rows // n_blocks):
         state = _mix(seed ^ _mix(np.uint64(r) * _GAMMA + _GAMMA))
         _row(x[r], r, k, eps, n_samples, m, state, perturbed, given, out_val[r], out_col[r],
-             top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order, bucket,
-             tops, chosen, head_v, picked, tally, gauss)
+             top_val, top_col, select, cand_col, cand_x, cand_v, noise_bits, order, ranked,
+             bucket, tops, chosen, head_v, picked, tally, gauss, above, rest_list)
 
 
 @njit(**_JIT_ALLOCATING)
