@@ -370,18 +370,28 @@ _GRID_SLACK = 2.0**-20
 
 
 @njit(inline="always", **_JIT)
-def _level(a):
-    """The proposal level of trials whose thresholds ``(T − x_j)/ε`` are all ``>= a``, as a
-    tuple ``(q, 1/log(1 − q), a_q, rate, 1/rate)`` with ``a_q`` the largest grid point
-    ``<= a − 2⁻²⁰`` (the grid's last, 10, beyond it; ``−∞`` below the grid or for a NaN),
-    ``q = Φ̄(a_q)`` and Robert's rate above ``a_q`` (:func:`_normal_above`)."""
-    if not a >= _GRID_LO + _GRID_SLACK:  # every trial is a proposal of an unconditioned Z
-        return 1.0, -0.0, -np.inf, 0.0, 0.0
+def _grid_index(a):
+    """The index of the largest grid point ``<= a − 2⁻²⁰`` (the grid's last, 10, beyond
+    it), or −1 below the grid or for a NaN."""
+    if not a >= _GRID_LO + _GRID_SLACK:
+        return -1
     i = _GRID_A.shape[0] - 1
     if a < _GRID_HI:
         i = int((a - _GRID_LO) * _GRID_PER_UNIT)
     while _GRID_A[i] > a - _GRID_SLACK:  # near a grid point: the one below
         i -= 1
+    return i
+
+
+@njit(inline="always", **_JIT)
+def _level(a):
+    """The proposal level of trials whose thresholds ``(T − x_j)/ε`` are all ``>= a``, as a
+    tuple ``(q, 1/log(1 − q), a_q, rate, 1/rate)`` with ``a_q`` the largest grid point
+    ``<= a − 2⁻²⁰`` (:func:`_grid_index`; ``−∞`` below the grid or for a NaN),
+    ``q = Φ̄(a_q)`` and Robert's rate above ``a_q`` (:func:`_normal_above`)."""
+    i = _grid_index(a)
+    if i < 0:  # every trial is a proposal of an unconditioned Z
+        return 1.0, -0.0, -np.inf, 0.0, 0.0
     return (_GRID_TAIL[i], _GRID_INV_LOG_FAIL[i], _GRID_A[i], _GRID_RATE[i],
             _GRID_INV_RATE[i])
 
@@ -1108,14 +1118,21 @@ def _broad_cut(row, top, eps, full, tops, above, rest):
 def _rest_floor(t, cut, eps, n, dtype_of):
     """The score, of the dtype of ``dtype_of``, below which ``n`` classes make at most
     ``_REST_TARGET`` proposals a draw at threshold ``t``: ``t − a·ε`` for the first grid
-    level ``a`` at or above that of ``(t − cut)/ε`` with ``n·Φ̄(a) <= _REST_TARGET``."""
-    a = (t - cut) / eps
-    i = _GRID_A.shape[0] - 1
-    if a < _GRID_HI:
-        i = max(int((a - _GRID_LO) * _GRID_PER_UNIT), 0)
+    level ``a`` at or above that of ``(t − cut)/ε`` (:func:`_level`) with ``n·Φ̄(a) <=
+    _REST_TARGET``."""
+    i = max(_grid_index((t - cut) / eps), 0)
     while i + 1 < _GRID_A.shape[0] and _GRID_TAIL[i] * n > _REST_TARGET:
         i += 1
     return float(dtype_of.dtype.type(t - _GRID_A[i] * eps))
+
+
+@njit(inline="always", **_JIT)
+def _order_listed(row, listed, n, u, lo, width, order, ranked, bucket, tally):
+    """:func:`_bucket_order` of the ``n`` columns ``listed``, whose scores lie in ``[lo,
+    u]``, by buckets of ``width`` below ``u``: as many as that range needs, at most
+    ``_BROAD_BUCKETS``."""
+    n_buckets = min(int((u - lo) / width) + 1, _BROAD_BUCKETS)
+    _bucket_order(row, listed, n, u, width, n_buckets, 0, order, ranked, bucket, tally)
 
 
 @njit(**_JIT)
@@ -1141,9 +1158,7 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
     full = min(k + _BROAD_FULL, cols)
     cut, n_sorted, n_rest = _broad_cut(row, top, eps, full, tops, above, rest)
     if n_rest:
-        n_buckets = min(int((top - cut) / width) + 1, _BROAD_BUCKETS)
-        _bucket_order(row, above, n_sorted, top, width, n_buckets, 0, order, ranked, bucket,
-                      tally)
+        _order_listed(row, above, n_sorted, top, cut, width, order, ranked, bucket, tally)
     else:
         _bucket_order(row, None, cols, top, width, _BROAD_BUCKETS, 0, order, ranked, bucket,
                       tally)
@@ -1169,29 +1184,25 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
         else:
             state = _reveal_buckets(state, row, order, ranked, n_sorted, top, width, eps,
                                     top_val, top_col, k, full)
-            if n_band:
-                state = _reveal_buckets(state, row, order[n_sorted:], ranked[n_sorted:],
-                                        n_band, band_top, width, eps, top_val, top_col, k, 0)
             if n_rest:
                 level = _level((top_val[k - 1] - cut) / eps)
                 if not extended and level[0] * n_rest * (n_samples - b) > _REST_EXTEND:
                     extended = True
                     lo = _rest_floor(top_val[k - 1], cut, eps, n_rest, row)
-                    if lo < cut:
+                    if lo < cut:  # the band [lo, cut) ordered after the others
                         n_band, n_rest = _split(row, lo, cut, above, rest)
-                        n_buckets = min(int((cut - lo) / width) + 1, _BROAD_BUCKETS)
-                        _bucket_order(row, above, n_band, cut, width, n_buckets, 0,
-                                      order[n_sorted:], ranked[n_sorted:], bucket, tally)
+                        _order_listed(row, above, n_band, cut, lo, width, order[n_sorted:],
+                                      ranked[n_sorted:], bucket, tally)
                         band_top, cut = cut, lo
-                        state = _reveal_buckets(state, row, order[n_sorted:],
-                                                ranked[n_sorted:], n_band, band_top, width,
-                                                eps, top_val, top_col, k, 0)
-                        level = _level((top_val[k - 1] - cut) / eps)
-                if n_rest:
-                    state, gap = _geometric(state, level, n_rest)
-                    if gap < n_rest:
-                        state = _reveal_listed(state, row, rest, n_rest, cut, eps, top_val,
-                                               top_col, k, level, gap)
+            if n_band:
+                state = _reveal_buckets(state, row, order[n_sorted:], ranked[n_sorted:],
+                                        n_band, band_top, width, eps, top_val, top_col, k, 0)
+                level = _level((top_val[k - 1] - cut) / eps)
+            if n_rest:
+                state, gap = _geometric(state, level, n_rest)
+                if gap < n_rest:
+                    state = _reveal_listed(state, row, rest, n_rest, cut, eps, top_val,
+                                           top_col, k, level, gap)
         out_val[b] = top_val[k - 1]
         out_col[b] = top_col[k - 1]
 
