@@ -420,7 +420,8 @@ def test_bucket_order_groups_the_columns_by_score(scores, epsilon, columns):
 def test_split_lists_a_band_and_what_lies_below(dtype, cols, band):
     """``_split``: the columns with lo <= x < hi, and those with x < lo, each in increasing
     order, with entries equal to lo and hi at the edges; the same from the vector path (16
-    columns at a time, when LLVM has it) and the column-by-column one."""
+    columns at a time, the kernel's when LLVM has the compress) and the column-by-column
+    one."""
     rng = np.random.default_rng(cols)
     row = rng.integers(-8, 8, cols).astype(dtype) / dtype(4)  # many entries equal the bounds
     lo = float(dtype(-0.5))
@@ -428,13 +429,13 @@ def test_split_lists_a_band_and_what_lies_below(dtype, cols, band):
     want_band = np.flatnonzero((row >= lo) & (row < hi))
     want_below = np.flatnonzero(row < lo)
     assert (want_band.size and want_below.size) or cols < 16
-    for vector in (True, False):
+    vector = perturbed_cpu._VECTOR_COMPRESS
+    assert perturbed_cpu._split is (perturbed_cpu._split_vector if vector
+                                    else perturbed_cpu._split_serial)
+    for split in [perturbed_cpu._split_serial] + [perturbed_cpu._split_vector] * vector:
         band_out = np.full(cols + 16, 99999, np.uint32)
         below_out = np.full(cols + 16, 99999, np.uint32)
-        if vector:
-            n, m = perturbed_cpu._split(row, lo, hi, band_out, below_out)
-        else:
-            n, m = perturbed_cpu._split_columns(row, lo, hi, band_out, below_out, 0)
+        n, m = split(row, lo, hi, band_out, below_out)
         assert band_out[:n].tolist() == want_band.tolist()
         assert below_out[:m].tolist() == want_below.tolist()
 

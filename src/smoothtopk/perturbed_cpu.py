@@ -580,19 +580,29 @@ def _split_columns(row, lo, hi, band, below, start):
 
 
 @njit(**_JIT)
-def _split(row, lo, hi, band, below):
-    """``band[:n]`` = the columns with ``lo <= x_j < hi``, ``below[:m]`` = those with
-    ``x_j < lo``, both in increasing order; returns ``(n, m)``. ``lo``, ``hi``: values of the
-    row's dtype (``hi`` may be ∞), the row finite; ``band`` and ``below``: uint32, 16
-    entries longer than the row. With :data:`_VECTOR_COMPRESS`, 16 columns at a time."""
-    if not _VECTOR_COMPRESS:
-        return _split_columns(row, lo, hi, band, below, 0)
+def _split_vector(row, lo, hi, band, below):
+    """:func:`_split` 16 columns at a time (:func:`_split16`), the last ``C mod 16`` one at
+    a time."""
     full = row.shape[0] // 16 * 16
     at = below_at = 0
     for start in range(0, full, 16):
         at, below_at = _split16(row, start, lo, hi, band, at, below, below_at)
     more, more_below = _split_columns(row, lo, hi, band[at:], below[below_at:], full)
     return at + more, below_at + more_below
+
+
+@njit(**_JIT)
+def _split_serial(row, lo, hi, band, below):
+    """:func:`_split` one column at a time."""
+    return _split_columns(row, lo, hi, band, below, 0)
+
+
+#: ``_split(row, lo, hi, band, below)``: ``band[:n]`` = the columns with ``lo <= x_j < hi``,
+#: ``below[:m]`` = those with ``x_j < lo``, both in increasing order; returns ``(n, m)``.
+#: ``lo``, ``hi``: values of the row's dtype (``hi`` may be ∞), the row finite; ``band`` and
+#: ``below``: uint32, 16 entries longer than the row. 16 columns at a time with
+#: :data:`_VECTOR_COMPRESS` (chosen here, so that older LLVM never compiles the intrinsic).
+_split = _split_vector if _VECTOR_COMPRESS else _split_serial
 
 
 @njit(fastmath=_REASSOC, **_JIT)
