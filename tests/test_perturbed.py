@@ -260,16 +260,22 @@ def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
         assert max(counts) <= 2 * (k + 2)
 
 
+def _law_case_row(scores, cols, k):
+    """The row of a ``_LAW_CASES`` case (as the law test draws it) and its chunk maxima,
+    as the kernel computes them."""
+    row = adversarial(scores, 1, cols, torch.Generator().manual_seed(cols * k))[0].numpy()
+    tops = np.empty(cols // 16, np.float32)
+    perturbed_cpu._chunk_tops(row, tops)
+    return row, tops
+
+
 def _law_case_is_broad(scores, cols, k, epsilon, n_candidates):
     """Whether the kernel orders the row of a ``_LAW_CASES`` case by buckets from the outset
     (the broad path), from the same chunk maxima as the kernel."""
     m = k + perturbed.DEFAULT_EXTRA_CANDIDATES if n_candidates is None else n_candidates
-    row = adversarial(scores, 1, cols, torch.Generator().manual_seed(cols * k))[0].numpy()
-    n_chunks = cols // 16
-    if n_chunks <= m + 1:
+    if cols // 16 <= m + 1:
         return False
-    tops = np.empty(n_chunks, np.float32)
-    perturbed_cpu._chunk_tops(row, tops)
+    row, tops = _law_case_row(scores, cols, k)
     return bool(perturbed_cpu._is_broad(tops, float(row.max()), m, epsilon))
 
 
@@ -326,9 +332,7 @@ def _broad_layout(scores, cols, k, epsilon, n_candidates):
     or its classes down to ``_BROAD_DEPTH·ε`` below the largest score (``"split"``), or down
     to a lower cut (``"deeper"``: fewer than the head reach that depth), and the rest of
     the classes, with the cut (:func:`perturbed_cpu._broad_cut`)."""
-    row = adversarial(scores, 1, cols, torch.Generator().manual_seed(cols * k))[0].numpy()
-    tops = np.empty(cols // 16, np.float32)
-    perturbed_cpu._chunk_tops(row, tops)
+    row, tops = _law_case_row(scores, cols, k)
     top, full = float(row.max()), k + perturbed_cpu._BROAD_FULL
     lists = np.empty(cols + 16, np.uint32), np.empty(cols + 16, np.uint32)
     cut, _, rest = perturbed_cpu._broad_cut(row, top, epsilon, full, tops, *lists)
@@ -348,7 +352,7 @@ def test_law_cases_cover_the_broad_layouts():
     assert {layout for layout, _, _ in layouts.values()} == {"every", "split", "deeper"}
     case = ("normal", 2000, 6, 0.5, None)
     _, rest, cut = layouts[case]
-    row = adversarial("normal", 1, 2000, torch.Generator().manual_seed(2000 * 6))
+    row = torch.from_numpy(_law_case_row(*case[:3])[0])
     values, _ = _perturbed_kth_reference(row.expand(200, 2000), 6, 0.5, 5,
                                          torch.Generator().manual_seed(1), None)
     level = perturbed_cpu._level((values.double().median().item() - cut) / 0.5)
