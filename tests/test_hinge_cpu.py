@@ -100,6 +100,40 @@ def test_forward_reduction_in_float64(dtype, reduction):
     assert math.isnan(float(reduced)) if reduction == "mean" else float(reduced) == 0.0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("margin_kind", ["float", "per_row", "per_class"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_noised_hinge_forward_is_the_draws_then_the_hinge(dtype, margin_kind, reduction,
+                                                          threads):
+    """``noised_hinge_forward`` (one compiled call) == ``kth_draws``, then
+    ``hinge_forward`` on their values, from the same seed: the same columns, hinge and loss,
+    bit for bit; a target out of range raises the same ``ValueError``."""
+    from smoothtopk import perturbed_cpu
+
+    rng = np.random.default_rng(9)
+    n, c, b, k = 37, 300, 5, 6
+    scores = rng.standard_normal((n, c)).astype(dtype)
+    target = rng.integers(0, c, n)
+    scores[:10][np.arange(10), target[:10]] += 10.0  # labels far ahead: a zero hinge
+    margin = {"float": 0.4, "per_row": rng.random(n).astype(dtype),
+              "per_class": rng.random(c).astype(dtype)}[margin_kind]
+    per_class = margin_kind == "per_class"
+    indices, hinge, loss = hinge_cpu.noised_hinge_forward(
+        scores, target, margin, k, 0.8, b, k + 8, 123, 60.0, per_class, reduction, threads)
+    values, columns = perturbed_cpu.kth_draws(scores, k, 0.8, b, k + 8, 123, threads=threads)
+    ref_hinge, ref_loss = hinge_cpu.hinge_forward(scores, target, margin, values, 60.0,
+                                                  per_class, reduction)
+    assert np.array_equal(indices, columns)
+    assert hinge.dtype == loss.dtype == dtype
+    assert np.array_equal(hinge, ref_hinge) and np.array_equal(loss, ref_loss)
+    assert (hinge > 0).any() and (hinge == 0).any()
+    target[5] = c
+    with pytest.raises(ValueError, match=f"target values must be in \\[0, {c}\\), found {c}"):
+        hinge_cpu.noised_hinge_forward(scores, target, margin, k, 0.8, b, k + 8, 123, None,
+                                       per_class, reduction, threads)
+
+
 def _inputs(n, c, b, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     grad = torch.randn(n, generator=gen, dtype=dtype)
@@ -114,14 +148,22 @@ def _inputs(n, c, b, dtype, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [None, 60.0, 0.3])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_equals_torch_formula_bitwise(dtype, scale, threads):
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_equals_torch_formula_bitwise(dtype, scale, threads, layout):
+    """Also on strided arrays (every other row of bigger ones), as the backward passes them
+    on: the kernel reads any strides."""
     n, c, b = (300, 1000, 5) if threads > 1 else (40, 17, 3)  # 300 x 1000: parallel rows
     grad, hinge, indices, target = _inputs(n, c, b, dtype)
     grad[3] = float("nan")
     grad[5] = float("inf")
     hinge[5] = 0.0  # inf · 0 = NaN, as torch gives
-    out, masked = hinge_cpu.hinge_grad(grad.numpy(), hinge.numpy(), scale, indices.numpy(),
-                                       target.numpy(), c, threads)
+    arrays = [grad.numpy(), hinge.numpy(), indices.numpy(), target.numpy()]
+    if layout == "strided":
+        arrays = [np.repeat(a, 2, axis=0)[::2] for a in arrays]
+        assert not any(a.flags.c_contiguous for a in arrays)
+    grad_np, hinge_np, indices_np, target_np = arrays
+    out, masked = hinge_cpu.hinge_grad(grad_np, hinge_np, scale, indices_np, target_np, c,
+                                       threads)
     ref_out, ref_masked = _torch_formula(grad, hinge, scale, indices, target, c)
     assert out.dtype == masked.dtype == grad.numpy().dtype
     assert torch.equal(torch.from_numpy(out).nan_to_num(), ref_out.nan_to_num())

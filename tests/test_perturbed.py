@@ -975,6 +975,32 @@ def test_noised_losses_take_the_sampled_hinge_on_cpu(imbalanced, monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("path", ["sampled hinge", "given noise", "operator"])
+def test_create_graph_gives_the_plain_gradient_once(path):
+    """The CPU nodes' backward under ``create_graph=True`` (through once_differentiable)
+    gives the plain backward's gradient, bit for bit, and that gradient cannot be
+    differentiated again."""
+    x = torch.randn(16, 200, generator=torch.Generator().manual_seed(2))
+    target = torch.randint(0, 200, (16,), generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(5, 16, 200, generator=torch.Generator().manual_seed(4))
+
+    def grad(create_graph):
+        leaf = x.clone().requires_grad_()
+        draws = torch.Generator().manual_seed(5)
+        if path == "operator":
+            out = smooth_kth_largest(leaf, 6, 0.8, 5, generator=draws).sum()
+        else:
+            out = noised_topk_loss(leaf, target, k=5, epsilon=0.8, generator=draws,
+                                   noise=noise if path == "given noise" else None)
+        return leaf, torch.autograd.grad(out, leaf, create_graph=create_graph)[0]
+
+    _, plain = grad(False)
+    leaf, twice = grad(True)
+    assert torch.equal(plain, twice) and bool((plain != 0).any())
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(twice.sum(), leaf)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_kernel_leaves_torch_threads_alone(threads):
     """numba's threading must not reset torch's OpenMP thread count."""

@@ -22,9 +22,12 @@ import numpy as np
 from numba import njit, prange
 
 from smoothtopk._numba import JIT as _JIT
+from smoothtopk._numba import JIT_ALLOCATING as _JIT_ALLOCATING
 from smoothtopk._numba import parallel_threads
+from smoothtopk.perturbed_cpu import draw_rows
 
-__all__ = ["hinge_forward", "hinge_grad", "selected_grad", "weighted_row_sums"]
+__all__ = ["hinge_forward", "hinge_grad", "noised_hinge_forward", "selected_grad",
+           "weighted_row_sums"]
 
 #: Below this many gradient entries one thread writes them all.
 _PARALLEL_ENTRIES = 2**18
@@ -88,19 +91,80 @@ def hinge_forward(
     ``ValueError``); ``margin``: a float, or an array of the dtype of ``scores``: ``m_r =
     margin[r]`` (``(N,)``), or ``margin[target[r]]`` with ``per_class`` (``(C,)``);
     ``values (N, B)`` of that dtype, ``B >= 1``."""
-    dtype = scores.dtype.type
+    margins, kind, hinge, out, reduced = _hinge_buffers(scores, margin, scale, per_class)
+    bad = _hinge_rows(scores, target, margins, kind, values, _weight(scores, values.shape[1]),
+                      _scale(scores, scale), hinge, out, reduced, reduction == "mean")
+    return _hinge_result(bad, target, scores, hinge, out, reduced, reduction)
+
+
+@njit(**_JIT_ALLOCATING)
+def _noised_hinge_rows(scores, k, eps, n_samples, m, seed, no_draws, threads, out_val,
+                       out_col, values, target, margins, kind, weight, scale, hinge, out,
+                       reduced, mean):
+    draw_rows(scores, k, eps, n_samples, m, seed, no_draws, False, threads, out_val, out_col)
+    for r in range(values.shape[0]):
+        for b in range(values.shape[1]):
+            values[r, b] = out_val[r, b]  # rounded to the dtype, as kth_draws returns them
+    return _hinge_rows(scores, target, margins, kind, values, weight, scale, hinge, out,
+                       reduced, mean)
+
+
+def noised_hinge_forward(
+    scores: np.ndarray, target: np.ndarray, margin: float | np.ndarray, k: int,
+    epsilon: float, n_samples: int, n_candidates: int, seed: int, scale: float | None,
+    per_class: bool = False, reduction: str = "none", threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(indices, hinge, loss)``: the draws of :func:`smoothtopk.perturbed_cpu.kth_draws`
+    (``k``, ``epsilon``, ``n_samples``, ``n_candidates``, ``seed``, ``threads``; C-contiguous
+    ``scores``, ``epsilon > 0``) and :func:`hinge_forward` on their values, in one compiled
+    call with one launch of the threads: the same draws, hinge and loss; ``indices (N, B)``
+    the drawn columns."""
     rows = scores.shape[0]
+    margins, kind, hinge, out, reduced = _hinge_buffers(scores, margin, scale, per_class)
+    out_val = np.empty((rows, n_samples), dtype=np.float64)
+    out_col = np.empty((rows, n_samples), dtype=np.int64)
+    values = np.empty((rows, n_samples), dtype=scores.dtype)
+    with parallel_threads(min(threads, rows)) as threads:
+        bad = _noised_hinge_rows(
+            scores, k, float(epsilon), n_samples, max(int(n_candidates), k),
+            np.uint64(seed & (2**64 - 1)), np.empty((1, 1, 1), dtype=scores.dtype), threads,
+            out_val, out_col, values, target, margins, kind, _weight(scores, n_samples),
+            _scale(scores, scale), hinge, out, reduced, reduction == "mean")
+    return (out_col, *_hinge_result(bad, target, scores, hinge, out, reduced, reduction))
+
+
+def _hinge_buffers(scores: np.ndarray, margin: float | np.ndarray, scale: float | None,
+                   per_class: bool) -> tuple[np.ndarray, int, np.ndarray, np.ndarray,
+                                             np.ndarray]:
+    """The margins as an array and their kind (0: one for all rows, 1: per row, 2: per
+    class), and the hinge, loss and reduced-loss buffers (the loss is the hinge itself
+    without a ``scale``)."""
     kind = 0
     if isinstance(margin, np.ndarray):
         kind = 2 if per_class else 1
     else:
         margin = np.full(1, margin, dtype=scores.dtype)
+    rows = scores.shape[0]
     hinge = np.empty(rows, dtype=scores.dtype)
     out = hinge if scale is None else np.empty(rows, dtype=scores.dtype)
-    reduced = np.empty(1, dtype=scores.dtype)
-    bad = _hinge_rows(scores, target, margin, kind, values, dtype(1.0 / values.shape[1]),
-                      dtype(1.0 if scale is None else scale), hinge, out, reduced,
-                      reduction == "mean")
+    return margin, kind, hinge, out, np.empty(1, dtype=scores.dtype)
+
+
+def _weight(scores: np.ndarray, n_samples: int):
+    """``1/B`` in the dtype of ``scores``."""
+    return scores.dtype.type(1.0 / n_samples)
+
+
+def _scale(scores: np.ndarray, scale: float | None):
+    """The hinge's factor in the dtype of ``scores`` (1 for ``None``)."""
+    return scores.dtype.type(1.0 if scale is None else scale)
+
+
+def _hinge_result(bad: int, target: np.ndarray, scores: np.ndarray, hinge: np.ndarray,
+                  out: np.ndarray, reduced: np.ndarray,
+                  reduction: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(hinge, loss)`` of :func:`_hinge_rows`, or its ``ValueError`` when row ``bad``
+    holds a target out of range."""
     if bad >= 0:
         raise ValueError(f"target values must be in [0, {scores.shape[1]}), "
                          f"found {int(target[bad])}")

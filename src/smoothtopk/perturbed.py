@@ -97,6 +97,23 @@ _DENSE_DRAWS = 2**18
 _DENSE_SPREAD = 0.25
 
 
+def _first_order(backward):
+    """A Function's ``backward`` whose gradient is not differentiable: run as is in a plain
+    backward (grad mode off), and through :func:`once_differentiable` under
+    ``create_graph=True`` (differentiating that gradient then raises). The plain call
+    spares once_differentiable's no-grad block and output checks, a few microseconds of
+    every training step."""
+    once = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():
+            return once(ctx, *grads)
+        return backward(ctx, *grads)
+
+    return wrapper
+
+
 @functools.cache
 def _triton_kernels() -> ModuleType | None:
     """:mod:`smoothtopk.perturbed_triton` when Triton can be imported, else ``None``."""
@@ -374,13 +391,23 @@ def _hinge_compiled(scores: Tensor, target: Tensor, margin: float | Tensor,
                     per_class: bool) -> tuple[Tensor, Tensor]:
     """``(hinge, loss)`` of :mod:`smoothtopk.hinge_cpu`'s forward on ``values`` (an array of
     the dtype of ``scores``)."""
-    hinge, loss = hinge_cpu.hinge_forward(
-        scores.detach().numpy(), target.numpy(),
-        margin.detach().numpy() if isinstance(margin, Tensor) else margin,
-        values, scale, per_class, reduction)
+    hinge, loss = hinge_cpu.hinge_forward(scores.detach().numpy(), target.numpy(),
+                                          _margin_array(margin), values, scale, per_class,
+                                          reduction)
     hinge = torch.from_numpy(hinge)
-    loss = hinge if scale is None and reduction == "none" else torch.from_numpy(loss)
-    return hinge, loss
+    return hinge, _loss_tensor(hinge, loss, scale, reduction)
+
+
+def _margin_array(margin: float | Tensor) -> float | np.ndarray:
+    """A margin for :mod:`smoothtopk.hinge_cpu`: a float as is, a tensor's values."""
+    return margin.detach().numpy() if isinstance(margin, Tensor) else margin
+
+
+def _loss_tensor(hinge: Tensor, loss: np.ndarray, scale: float | None,
+                 reduction: str) -> Tensor:
+    """The loss of :mod:`smoothtopk.hinge_cpu`'s forward as a tensor: ``hinge`` itself when
+    it is the loss (no ``scale``, no reduction)."""
+    return hinge if scale is None and reduction == "none" else torch.from_numpy(loss)
 
 
 def _keep_for_backward(ctx, scores: Tensor, margin: float | Tensor, scale: float | None,
@@ -396,14 +423,17 @@ def _hinge_backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
     target, indices, hinge = ctx.saved_tensors
     rows = ctx.shape[0]
     grad_scores = grad_margin = None
-    if _compiled_backward(grad, indices, target):
-        out, masked = hinge_cpu.hinge_grad(
-            np.ascontiguousarray(grad.numpy()).reshape(-1), hinge.numpy(), ctx.scale,
-            np.ascontiguousarray(indices.numpy()), np.ascontiguousarray(target.numpy()),
-            ctx.shape[1], torch.get_num_threads(), ctx.reduction)
-        masked = torch.from_numpy(masked)
-        if ctx.needs_input_grad[0]:
+    needs_scores, _, needs_margin = ctx.needs_input_grad[:3]
+    if _compiled_backward(grad, indices, target):  # any strides: the kernel reads them
+        out, masked = hinge_cpu.hinge_grad(grad.numpy().reshape(-1), hinge.numpy(),
+                                           ctx.scale, indices.numpy(), target.numpy(),
+                                           ctx.shape[1], torch.get_num_threads(),
+                                           ctx.reduction)
+        if needs_scores:
             grad_scores = torch.from_numpy(out)
+        if not needs_margin:
+            return grad_scores, None
+        masked = torch.from_numpy(masked)
     else:  # torch's mean and sum backward, then the hinge's
         if ctx.reduction != "none":
             grad = grad.expand(rows)
@@ -411,11 +441,11 @@ def _hinge_backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         if ctx.scale is not None:
             grad = grad * ctx.scale
         masked = grad * (hinge > 0)
-        if ctx.needs_input_grad[0]:
+        if needs_scores:
             share = (masked * (1.0 / indices.shape[-1])).unsqueeze(-1).expand(indices.shape)
             grad_scores = masked.new_zeros(ctx.shape).scatter_add_(1, indices, share)
             grad_scores.scatter_add_(1, target.unsqueeze(1), -masked.unsqueeze(1))
-    if ctx.needs_input_grad[2]:  # index's backward for per-class margins
+    if needs_margin:  # index's backward for per-class margins
         grad_margin = (masked.new_zeros(ctx.margin_size)
                        .index_put_((target,), masked, accumulate=True)
                        if ctx.per_class else masked)
@@ -446,7 +476,7 @@ class _NoisedHinge(Function):
         return loss
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad):
         grad_scores, grad_margin = _hinge_backward(ctx, grad)
         return grad_scores, None, grad_margin, None, None, None, None, None
@@ -489,7 +519,7 @@ class _SampledKth(Function):
         return torch.from_numpy(hinge_cpu.weighted_row_sums(values, ctx.weight))
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad):
         (indices,) = ctx.saved_tensors
         return selected_sum_grad(grad, indices, ctx.weight, ctx.shape), None, None, None, None
@@ -513,14 +543,16 @@ class _SampledNoisedHinge(Function):
     def forward(ctx, scores, target, margin, k, epsilon, n_samples, seed, scale, reduction,
                 per_class):
         _keep_for_backward(ctx, scores, margin, scale, reduction, per_class)
-        x = scores.detach().contiguous()
-        values, indices = _compiled_draws(x, k, epsilon, n_samples, seed)
-        hinge, loss = _hinge_compiled(x, target, margin, values, scale, reduction, per_class)
+        indices, hinge, loss = hinge_cpu.noised_hinge_forward(
+            scores.detach().contiguous().numpy(), target.numpy(), _margin_array(margin), k,
+            epsilon, n_samples, k + DEFAULT_EXTRA_CANDIDATES, seed, scale, per_class,
+            reduction, torch.get_num_threads())
+        hinge = torch.from_numpy(hinge)
         ctx.save_for_backward(target, torch.from_numpy(indices), hinge)
-        return loss
+        return _loss_tensor(hinge, loss, scale, reduction)
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad):
         grad_scores, grad_margin = _hinge_backward(ctx, grad)
         return grad_scores, None, grad_margin, None, None, None, None, None, None, None

@@ -108,7 +108,7 @@ from smoothtopk._numba import JIT as _JIT
 from smoothtopk._numba import JIT_ALLOCATING as _JIT_ALLOCATING
 from smoothtopk._numba import parallel_threads
 
-__all__ = ["kth_draws"]
+__all__ = ["draw_rows", "kth_draws"]
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -1345,6 +1345,19 @@ def _rows_parallel(x, k, eps, n_samples, m, seed, perturbed, given, n_blocks, ou
                out_col)
 
 
+@njit(**_JIT_ALLOCATING)
+def draw_rows(x, k, eps, n_samples, m, seed, perturbed, given, threads, out_val, out_col):
+    """:func:`kth_draws` into ``out_val`` (float64) and ``out_col``, from compiled code: the
+    rows shared among ``threads`` threads (numba's count, set by the caller:
+    :func:`smoothtopk._numba.parallel_threads`) in blocks of a few rows each, or one
+    thread."""
+    if threads > 1:
+        _rows_parallel(x, k, eps, n_samples, m, seed, perturbed, given,
+                       min(x.shape[0], 4 * threads), out_val, out_col)
+    else:
+        _rows_serial(x, k, eps, n_samples, m, seed, perturbed, given, 1, out_val, out_col)
+
+
 def kth_draws(
     x: np.ndarray, k: int, epsilon: float, n_samples: int, n_candidates: int, seed: int,
     perturbed: np.ndarray | None = None, threads: int = 1,
@@ -1366,9 +1379,6 @@ def kth_draws(
     out_val = np.empty((rows, n_samples), dtype=np.float64)
     out_col = np.empty((rows, n_samples), dtype=np.int64)
     with parallel_threads(min(threads, rows)) as threads:
-        kernel, n_blocks = _rows_serial, 1
-        if threads > 1:
-            kernel, n_blocks = _rows_parallel, min(rows, 4 * threads)
-        kernel(x, k, float(epsilon), n_samples, max(int(n_candidates), k),
-               np.uint64(seed & (2**64 - 1)), perturbed, given, n_blocks, out_val, out_col)
+        draw_rows(x, k, float(epsilon), n_samples, max(int(n_candidates), k),
+                  np.uint64(seed & (2**64 - 1)), perturbed, given, threads, out_val, out_col)
     return out_val.astype(x.dtype, copy=False), out_col
