@@ -24,7 +24,7 @@ from numba import njit, prange
 from smoothtopk._numba import JIT as _JIT
 from smoothtopk._numba import JIT_ALLOCATING as _JIT_ALLOCATING
 from smoothtopk._numba import parallel_threads
-from smoothtopk.perturbed_cpu import draw_rows
+from smoothtopk.perturbed_cpu import draw_arguments, draw_rows
 
 __all__ = ["hinge_forward", "hinge_grad", "noised_hinge_forward", "selected_grad",
            "weighted_row_sums"]
@@ -101,6 +101,8 @@ def hinge_forward(
 def _noised_hinge_rows(scores, k, eps, n_samples, m, seed, no_draws, threads, out_val,
                        out_col, values, target, margins, kind, weight, scale, hinge, out,
                        reduced, mean):
+    """:func:`draw_rows`, then :func:`_hinge_rows` on the values in the dtype of
+    ``scores``."""
     draw_rows(scores, k, eps, n_samples, m, seed, no_draws, False, threads, out_val, out_col)
     for r in range(values.shape[0]):
         for b in range(values.shape[1]):
@@ -121,15 +123,12 @@ def noised_hinge_forward(
     the drawn columns."""
     rows = scores.shape[0]
     margins, kind, hinge, out, reduced = _hinge_buffers(scores, margin, scale, per_class)
-    out_val = np.empty((rows, n_samples), dtype=np.float64)
-    out_col = np.empty((rows, n_samples), dtype=np.int64)
+    args, out_val, out_col = draw_arguments(scores, k, epsilon, n_samples, n_candidates, seed)
     values = np.empty((rows, n_samples), dtype=scores.dtype)
     with parallel_threads(min(threads, rows)) as threads:
-        bad = _noised_hinge_rows(
-            scores, k, float(epsilon), n_samples, max(int(n_candidates), k),
-            np.uint64(seed & (2**64 - 1)), np.empty((1, 1, 1), dtype=scores.dtype), threads,
-            out_val, out_col, values, target, margins, kind, _weight(scores, n_samples),
-            _scale(scores, scale), hinge, out, reduced, reduction == "mean")
+        bad = _noised_hinge_rows(*args, threads, out_val, out_col, values, target, margins,
+                                 kind, _weight(scores, n_samples), _scale(scores, scale),
+                                 hinge, out, reduced, reduction == "mean")
     return (out_col, *_hinge_result(bad, target, scores, hinge, out, reduced, reduction))
 
 

@@ -108,7 +108,7 @@ from smoothtopk._numba import JIT as _JIT
 from smoothtopk._numba import JIT_ALLOCATING as _JIT_ALLOCATING
 from smoothtopk._numba import parallel_threads
 
-__all__ = ["draw_rows", "kth_draws"]
+__all__ = ["draw_arguments", "draw_rows", "kth_draws"]
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -1372,13 +1372,24 @@ def kth_draws(
     caller) gives the draws instead: each trial of step 3 then reads its answer from them,
     which checks the candidates and the buffer logic draw by draw (not the sampling).
     """
-    rows, _ = x.shape
     given = perturbed is not None
-    if not given:
-        perturbed = np.empty((1, 1, 1), dtype=x.dtype)
-    out_val = np.empty((rows, n_samples), dtype=np.float64)
-    out_col = np.empty((rows, n_samples), dtype=np.int64)
-    with parallel_threads(min(threads, rows)) as threads:
-        draw_rows(x, k, float(epsilon), n_samples, max(int(n_candidates), k),
-                  np.uint64(seed & (2**64 - 1)), perturbed, given, threads, out_val, out_col)
+    args, out_val, out_col = draw_arguments(x, k, epsilon, n_samples, n_candidates, seed,
+                                            perturbed)
+    with parallel_threads(min(threads, x.shape[0])) as threads:
+        draw_rows(*args, given, threads, out_val, out_col)
     return out_val.astype(x.dtype, copy=False), out_col
+
+
+def draw_arguments(x: np.ndarray, k: int, epsilon: float, n_samples: int, n_candidates: int,
+                   seed: int, perturbed: np.ndarray | None = None,
+                   ) -> tuple[tuple, np.ndarray, np.ndarray]:
+    """:func:`draw_rows`'s arguments from :func:`kth_draws`'s: ``(x, k, ε, B, M, seed,
+    perturbed)`` (``M >= k``, the seed as 64 unsigned bits, a placeholder when the draws
+    are not given), and its outputs ``out_val``, ``out_col``, allocated."""
+    if perturbed is None:
+        perturbed = np.empty((1, 1, 1), dtype=x.dtype)
+    rows = x.shape[0]
+    args = (x, k, float(epsilon), n_samples, max(int(n_candidates), k),
+            np.uint64(seed & (2**64 - 1)), perturbed)
+    return (args, np.empty((rows, n_samples), dtype=np.float64),
+            np.empty((rows, n_samples), dtype=np.int64))
