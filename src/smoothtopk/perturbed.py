@@ -56,8 +56,8 @@ running top-k in registers.
 these draws into one autograd node, so that their backward writes a single ``(N, C)``
 gradient, as ``F.cross_entropy`` does; on CPU tensors its forward and backward are compiled
 passes (:mod:`smoothtopk.hinge_cpu`). On CPU float32 and float64 scores the losses call
-:func:`cpu_noised_hinge_loss`, whose node draws too (the same draws and results, with
-less work around the two compiled calls).
+:func:`cpu_noised_hinge_loss`, whose node draws too (the same draws and results, the draws
+and the hinge in one compiled call: :func:`smoothtopk.hinge_cpu.noised_hinge_forward`).
 
 Reference: the estimator is that of Berthet et al. (NeurIPS 2020) as used by Garcin et al.
 (ICML 2022); the sampling schemes (candidates, exceedances as Bernoulli trials under a
@@ -537,7 +537,8 @@ def cpu_smooth_kth(x2d: Tensor, k: int, epsilon: float, n_samples: int,
 class _SampledNoisedHinge(Function):
     """:class:`_NoisedHinge` whose forward also draws the (K+1)-th largest entries, with the
     kernel of :mod:`smoothtopk.perturbed_cpu` (CPU float32 or float64 scores): one autograd
-    node and two compiled calls, with no tensor made in between."""
+    node, whose forward draws and computes the hinge in one compiled call
+    (:func:`smoothtopk.hinge_cpu.noised_hinge_forward`) and whose backward is one more."""
 
     @staticmethod
     def forward(ctx, scores, target, margin, k, epsilon, n_samples, seed, scale, reduction,
@@ -566,7 +567,7 @@ def cpu_noised_hinge_loss(
     """The noised hinge of :func:`noised_hinge` on the draws of :func:`sample_perturbed_kth`
     (the k-th largest, ``k`` = K + 1 for the top-K loss), in one autograd node for
     :func:`compiled_noised_hinge` arguments: the same draws from the same generator state,
-    the same values and gradients, with less work around the two compiled calls.
+    the same values and gradients, with less work around the compiled calls.
     ``margin``: a float or per-class ``(C,)`` margins. Arguments assumed validated."""
     return _SampledNoisedHinge.apply(scores, target, margin, k, epsilon, n_samples,
                                      _kernel_seed(generator), scale, reduction,
