@@ -12,8 +12,11 @@ the torch operations', in the same dtype and order, except two sums that torch a
 order of its own: the ``B`` draws, which :func:`weighted_row_sums` adds left to right (and
 :class:`smoothtopk.ops._SelectedSum` uses it too, so that the fused hinge and the composed
 operators stay bitwise equal; the tests check both against the torch formulas), and a mean
-or sum over the rows, added row by row in float64. :func:`selected_grad` is the backward of
-those composed operators (``_SelectedSum``): torch's zero-fill and scatter in one pass.
+or sum over the rows, added row by row in float64. :func:`noised_hinge_forward` runs the
+sampler's kernel (:func:`smoothtopk.perturbed_cpu.draw_rows`) and :func:`hinge_forward`'s
+pass in one compiled call, for the losses' node that also draws. :func:`selected_grad` is
+the backward of those composed operators (``_SelectedSum``): torch's zero-fill and scatter
+in one pass.
 """
 
 from __future__ import annotations
