@@ -14,7 +14,7 @@ order of its own: the ``B`` draws, which :func:`weighted_row_sums` adds left to 
 operators stay bitwise equal; the tests check both against the torch formulas), and a mean
 or sum over the rows, added row by row in float64. :func:`noised_hinge_forward` runs the
 sampler's kernel (:func:`smoothtopk.perturbed_cpu.draw_rows`) and :func:`hinge_forward`'s
-pass in one compiled call, for the losses' node that also draws. :func:`selected_grad` is
+pass with less work between them, for the losses' node that also draws. :func:`selected_grad` is
 the backward of those composed operators (``_SelectedSum``): torch's zero-fill and scatter
 in one pass.
 """
@@ -25,7 +25,6 @@ import numpy as np
 from numba import njit, prange
 
 from smoothtopk._numba import JIT as _JIT
-from smoothtopk._numba import JIT_ALLOCATING as _JIT_ALLOCATING
 from smoothtopk._numba import parallel_threads
 from smoothtopk.perturbed_cpu import draw_arguments, draw_rows
 
@@ -100,16 +99,15 @@ def hinge_forward(
     return _hinge_result(bad, target, scores, hinge, out, reduced, reduction)
 
 
-@njit(**_JIT_ALLOCATING)
-def _noised_hinge_rows(scores, k, eps, n_samples, m, seed, no_draws, threads, out_val,
-                       out_col, values, target, margins, kind, weight, scale, hinge, out,
-                       reduced, mean):
-    """:func:`draw_rows`, then :func:`_hinge_rows` on the values in the dtype of
-    ``scores``."""
-    draw_rows(scores, k, eps, n_samples, m, seed, no_draws, False, threads, out_val, out_col)
+@njit(**_JIT)
+def _hinge_rows_of_draws(scores, target, margins, kind, draws, values, weight, scale, hinge,
+                         out, reduced, mean):
+    """:func:`_hinge_rows` on the draws' values (float64) rounded to the dtype of
+    ``scores`` into ``values``, as :func:`smoothtopk.perturbed_cpu.kth_draws` returns
+    them."""
     for r in range(values.shape[0]):
         for b in range(values.shape[1]):
-            values[r, b] = out_val[r, b]  # rounded to the dtype, as kth_draws returns them
+            values[r, b] = draws[r, b]
     return _hinge_rows(scores, target, margins, kind, values, weight, scale, hinge, out,
                        reduced, mean)
 
@@ -121,17 +119,18 @@ def noised_hinge_forward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(indices, hinge, loss)``: the draws of :func:`smoothtopk.perturbed_cpu.kth_draws`
     (``k``, ``epsilon``, ``n_samples``, ``n_candidates``, ``seed``, ``threads``; C-contiguous
-    ``scores``, ``epsilon > 0``) and :func:`hinge_forward` on their values, in one compiled
-    call with one launch of the threads: the same draws, hinge and loss; ``indices (N, B)``
-    the drawn columns."""
+    ``scores``, ``epsilon > 0``) and :func:`hinge_forward` on their values, with one set of
+    buffers and one launch of the threads, the values rounded to the dtype inside the
+    hinge's pass: the same draws, hinge and loss; ``indices (N, B)`` the drawn columns."""
     rows = scores.shape[0]
     margins, kind, hinge, out, reduced = _hinge_buffers(scores, margin, scale, per_class)
     args, out_val, out_col = draw_arguments(scores, k, epsilon, n_samples, n_candidates, seed)
     values = np.empty((rows, n_samples), dtype=scores.dtype)
     with parallel_threads(min(threads, rows)) as threads:
-        bad = _noised_hinge_rows(*args, threads, out_val, out_col, values, target, margins,
-                                 kind, _weight(scores, n_samples), _scale(scores, scale),
-                                 hinge, out, reduced, reduction == "mean")
+        draw_rows(*args, False, threads, out_val, out_col)
+    bad = _hinge_rows_of_draws(scores, target, margins, kind, out_val, values,
+                               _weight(scores, n_samples), _scale(scores, scale), hinge, out,
+                               reduced, reduction == "mean")
     return (out_col, *_hinge_result(bad, target, scores, hinge, out, reduced, reduction))
 
 

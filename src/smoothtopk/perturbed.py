@@ -56,8 +56,8 @@ running top-k in registers.
 these draws into one autograd node, so that their backward writes a single ``(N, C)``
 gradient, as ``F.cross_entropy`` does; on CPU tensors its forward and backward are compiled
 passes (:mod:`smoothtopk.hinge_cpu`). On CPU float32 and float64 scores the losses call
-:func:`cpu_noised_hinge_loss`, whose node draws too (the same draws and results, the draws
-and the hinge in one compiled call: :func:`smoothtopk.hinge_cpu.noised_hinge_forward`).
+:func:`cpu_noised_hinge_loss`, whose node draws too (the same draws and results; the draws
+and the hinge in one call: :func:`smoothtopk.hinge_cpu.noised_hinge_forward`).
 
 Reference: the estimator is that of Berthet et al. (NeurIPS 2020) as used by Garcin et al.
 (ICML 2022); the sampling schemes (candidates, exceedances as Bernoulli trials under a
@@ -537,8 +537,9 @@ def cpu_smooth_kth(x2d: Tensor, k: int, epsilon: float, n_samples: int,
 class _SampledNoisedHinge(Function):
     """:class:`_NoisedHinge` whose forward also draws the (K+1)-th largest entries, with the
     kernel of :mod:`smoothtopk.perturbed_cpu` (CPU float32 or float64 scores): one autograd
-    node, whose forward draws and computes the hinge in one compiled call
-    (:func:`smoothtopk.hinge_cpu.noised_hinge_forward`) and whose backward is one more."""
+    node, whose forward draws and computes the hinge in one call
+    (:func:`smoothtopk.hinge_cpu.noised_hinge_forward`) and whose backward is one compiled
+    pass."""
 
     @staticmethod
     def forward(ctx, scores, target, margin, k, epsilon, n_samples, seed, scale, reduction,

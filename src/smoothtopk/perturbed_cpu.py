@@ -1345,12 +1345,15 @@ def _rows_parallel(x, k, eps, n_samples, m, seed, perturbed, given, n_blocks, ou
                out_col)
 
 
-@njit(**_JIT_ALLOCATING)
-def draw_rows(x, k, eps, n_samples, m, seed, perturbed, given, threads, out_val, out_col):
-    """:func:`kth_draws` into ``out_val`` (float64) and ``out_col``, from compiled code: the
-    rows shared among ``threads`` threads (numba's count, set by the caller:
-    :func:`smoothtopk._numba.parallel_threads`) in blocks of a few rows each, or one
-    thread."""
+def draw_rows(x: np.ndarray, k: int, eps: float, n_samples: int, m: int, seed: np.uint64,
+              perturbed: np.ndarray, given: bool, threads: int, out_val: np.ndarray,
+              out_col: np.ndarray) -> None:
+    """:func:`kth_draws` into ``out_val`` (float64) and ``out_col``, with the arguments of
+    :func:`draw_arguments`: the rows shared among ``threads`` threads (numba's count, set by
+    the caller: :func:`smoothtopk._numba.parallel_threads`) in blocks of a few rows each, or
+    one thread. A Python function: numba's cache of a compiled caller in another module
+    would not notice changes to this module's kernel (a cached compiled version of the
+    fused hinge, calling it, crashed once loaded)."""
     if threads > 1:
         _rows_parallel(x, k, eps, n_samples, m, seed, perturbed, given,
                        min(x.shape[0], 4 * threads), out_val, out_col)
