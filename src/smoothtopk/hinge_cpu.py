@@ -14,9 +14,9 @@ order of its own: the ``B`` draws, which :func:`weighted_row_sums` adds left to 
 operators stay bitwise equal; the tests check both against the torch formulas), and a mean
 or sum over the rows, added row by row in float64. :func:`noised_hinge_forward` runs the
 sampler's kernel (:func:`smoothtopk.perturbed_cpu.draw_rows`) and :func:`hinge_forward`'s
-pass with less work between them, for the losses' node that also draws. :func:`selected_grad` is
-the backward of those composed operators (``_SelectedSum``): torch's zero-fill and scatter
-in one pass.
+pass with less work between them, for the losses' node that also draws.
+:func:`selected_grad` is the backward of those composed operators (``_SelectedSum``):
+torch's zero-fill and scatter in one pass.
 """
 
 from __future__ import annotations
