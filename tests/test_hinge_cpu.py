@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from smoothtopk import hinge_cpu, perturbed
+from smoothtopk import hinge_cpu, perturbed, perturbed_cpu
 
 
 def _torch_formula(grad, hinge, scale, indices, target, num_classes):
@@ -109,8 +109,6 @@ def test_noised_hinge_forward_is_the_draws_then_the_hinge(dtype, margin_kind, re
     """``noised_hinge_forward`` (one compiled call) == ``kth_draws``, then
     ``hinge_forward`` on their values, from the same seed: the same columns, hinge and loss,
     bit for bit; a target out of range raises the same ``ValueError``."""
-    from smoothtopk import perturbed_cpu
-
     rng = np.random.default_rng(9)
     n, c, b, k = 37, 300, 5, 6
     scores = rng.standard_normal((n, c)).astype(dtype)
