@@ -101,6 +101,34 @@ def test_torch_thread_count_survives_the_first_launch(layer):
     assert "threads 2 2 2" in out
 
 
+def test_parallel_threads_grants_sets_and_releases():
+    """A block gets the requested threads (numba's count set to them, only when it
+    differs); a nested block, the launch lock held, gets 1; a block that raised released
+    the lock; a request of 1 is granted without the lock."""
+    out = _run("""
+        import numba
+        from smoothtopk._numba import parallel_threads
+        sets = []
+        real_set = numba.set_num_threads
+        numba.set_num_threads = lambda n: (sets.append(n), real_set(n))[1]
+        real_set(1)
+        with parallel_threads(2) as a:
+            inside = numba.get_num_threads()
+            with parallel_threads(2) as nested:
+                pass
+        with parallel_threads(2) as b:
+            pass
+        try:
+            with parallel_threads(2):
+                raise KeyError
+        except KeyError:
+            pass
+        with parallel_threads(2) as c, parallel_threads(1) as d:
+            pass
+        print("granted", a, inside, nested, b, c, d, "sets", sets)
+    """, "default", NUMBA_NUM_THREADS="2")
+    assert "granted 2 2 1 2 2 1 sets [2]" in out
+
 
 def _view_sums(options: dict):
     """A compiled ``f(a, n)`` passing ``n`` views of ``a`` to another compiled function."""

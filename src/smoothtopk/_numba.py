@@ -12,7 +12,7 @@ the two pools compete as before, the other points below still holding. The work 
 stays the fallback (and the layer elsewhere: macOS and Windows builds of torch use other
 OpenMP runtimes, which must not be loaded twice).
 
-:func:`parallel_threads` makes either layer safe to use from a library:
+:class:`parallel_threads` makes either layer safe to use from a library:
 
 - the work queue aborts the process when two Python threads launch kernels at once: one
   launch at a time, the others run the serial kernel;
@@ -24,11 +24,9 @@ OpenMP runtimes, which must not be loaded twice).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterator
 
 import numba
 import torch
@@ -68,21 +66,42 @@ def _may_launch() -> bool:
     return layer != "omp"
 
 
-@contextlib.contextmanager
-def parallel_threads(requested: int) -> Iterator[int]:
-    """Threads for a kernel launched in this block: ``requested`` capped by numba's pool
-    (numba's count set to it), or 1 (the caller runs its serial kernel) when another
-    thread is launching one or a forked child must not; torch's thread count is the same
-    after the block as before."""
-    threads = max(1, min(requested, numba.config.NUMBA_NUM_THREADS))
-    if threads == 1 or not _may_launch() or not _LAUNCH.acquire(blocking=False):
-        yield 1
-        return
-    torch_threads = torch.get_num_threads()
-    try:
-        numba.set_num_threads(threads)
-        yield threads
-    finally:
+class parallel_threads:
+    """Threads for a kernel launched in this block (``with parallel_threads(n) as
+    threads``): ``n`` capped by numba's pool (numba's count set to it), or 1 (the caller
+    runs its serial kernel) when another thread is launching one or a forked child must
+    not; torch's thread count is the same after the block as before.
+
+    A class rather than a generator-based context manager, and numba's count set only
+    when it differs: this runs twice in every training step of the noised losses, where
+    each microsecond of Python counts two to three times (caches cold after the step's
+    tensor work)."""
+
+    __slots__ = ("_threads", "_torch_threads")
+
+    def __init__(self, requested: int) -> None:
+        self._threads = max(1, min(requested, numba.config.NUMBA_NUM_THREADS))
+        self._torch_threads = 0  # 0: nothing to release
+
+    def __enter__(self) -> int:
+        threads = self._threads
+        if threads == 1 or not _may_launch() or not _LAUNCH.acquire(blocking=False):
+            return 1
+        self._torch_threads = torch.get_num_threads()
+        try:
+            if numba.get_num_threads() != threads:
+                numba.set_num_threads(threads)
+        except BaseException:
+            self._release()
+            raise
+        return threads
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._torch_threads:
+            self._release()
+
+    def _release(self) -> None:
+        torch_threads, self._torch_threads = self._torch_threads, 0
         _LAUNCH.release()
         if torch.get_num_threads() != torch_threads:
             torch.set_num_threads(torch_threads)
