@@ -15,6 +15,7 @@ also taken from ``smoothtopk.ops._perturbed_kth_reference``:
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -909,6 +910,47 @@ def test_sampled_hinge_equals_sampler_then_fused_hinge(dtype, reduction, imbalan
     assert bool((grad1 != 0).any())
     if imbalanced:
         assert torch.equal(margin1, margin2)
+
+
+@pytest.mark.parametrize("changed", ["target", "returned hinge"])
+def test_sampled_hinge_in_place_changes_raise(changed):
+    """The sampled hinge keeps its drawn columns and hinge on ``ctx`` but saves the
+    caller's target, and the hinge when it is the returned loss (reduction 'none', no
+    scale): changing either in place before the backward raises, as in torch's losses."""
+    x = torch.randn(8, 30, requires_grad=True)
+    target = torch.randint(0, 30, (8,))
+    loss = perturbed.cpu_noised_hinge_loss(x, target, 4, 0.5, 3, None, 1.0, None, "none")
+    if changed == "target":
+        target.zero_()
+    else:
+        loss.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.sum().backward()
+
+
+def test_kernel_seed_is_the_randint_draw():
+    """The kernel's seed is the number ``torch.randint(−2⁶³, 2⁶³ − 1, ())`` draws from the
+    same generator state (explicit or default), which advances alike; from another thread
+    too (each thread draws into its own tensor)."""
+    def randint(gen):
+        return int(torch.randint(-(2**63), 2**63 - 1, (), generator=gen, dtype=torch.int64))
+
+    gen = torch.Generator().manual_seed(7)
+    got = [perturbed._kernel_seed(gen) for _ in range(3)]
+    gen.manual_seed(7)
+    assert got == [randint(gen) for _ in range(3)]
+    assert len(set(got)) == 3
+    torch.manual_seed(8)
+    got = perturbed._kernel_seed(None)
+    torch.manual_seed(8)
+    assert got == randint(None)
+    gen.manual_seed(9)
+    other: list[int] = []
+    worker = threading.Thread(target=lambda: other.append(perturbed._kernel_seed(gen)))
+    worker.start()
+    worker.join()
+    gen.manual_seed(9)
+    assert other == [randint(gen)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -36,17 +36,19 @@ _PARALLEL_ENTRIES = 2**18
 
 
 @njit(inline="always", **_JIT)
-def _row_sum(values, r):
-    total = values[r, 0]
+def _row_sum(values, r, like):
+    """``Σ_b values[r, b]`` left to right in the dtype of the array ``like``, each value
+    rounded to it first (a no-op when ``values`` has that dtype)."""
+    total = like.dtype.type(values[r, 0])
     for b in range(1, values.shape[1]):
-        total += values[r, b]
+        total += like.dtype.type(values[r, b])
     return total
 
 
 @njit(**_JIT)
 def _weighted_sums(values, weight, out):
     for r in range(values.shape[0]):
-        out[r] = _row_sum(values, r) * weight
+        out[r] = _row_sum(values, r, out) * weight
 
 
 def weighted_row_sums(values: np.ndarray, weight: float) -> np.ndarray:
@@ -61,19 +63,26 @@ def weighted_row_sums(values: np.ndarray, weight: float) -> np.ndarray:
 
 
 @njit(**_JIT)
-def _hinge_rows(scores, target, margins, margin_kind, values, weight, scale, hinge, out,
+def _hinge_rows(scores, target, margins, margin_kind, margin, values, scale, hinge, out,
                 reduced, mean):
+    """The hinge and loss of every row into ``hinge`` and ``out`` (the loss's mean or sum
+    into ``reduced[0]``, in float64), in the dtype of ``scores``: ``values`` (any float
+    dtype) are rounded to it, and so are ``1/B``, ``margin`` (kind 0) and ``scale``
+    (Python floats). Returns the first row whose target is out of range, else −1."""
+    weight = scores.dtype.type(1.0 / values.shape[1])
+    factor = scores.dtype.type(scale)
+    common = scores.dtype.type(margin)
     total = 0.0
     for r in range(scores.shape[0]):
         label = target[r]
         if not 0 <= label < scores.shape[1]:
             return r
-        m = margins[0] if margin_kind == 0 else margins[r if margin_kind == 1 else label]
-        h = (m + _row_sum(values, r) * weight) - scores[r, label]
+        m = common if margin_kind == 0 else margins[r if margin_kind == 1 else label]
+        h = (m + _row_sum(values, r, scores) * weight) - scores[r, label]
         if h < 0.0:
             h = scores.dtype.type(0.0)
         hinge[r] = h
-        out[r] = scale * h
+        out[r] = factor * h
         total += float(out[r])
     reduced[0] = total / scores.shape[0] if mean else total
     return -1
@@ -93,23 +102,7 @@ def hinge_forward(
     ``ValueError``); ``margin``: a float, or an array of the dtype of ``scores``: ``m_r =
     margin[r]`` (``(N,)``), or ``margin[target[r]]`` with ``per_class`` (``(C,)``);
     ``values (N, B)`` of that dtype, ``B >= 1``."""
-    margins, kind, hinge, out, reduced = _hinge_buffers(scores, margin, scale, per_class)
-    bad = _hinge_rows(scores, target, margins, kind, values, _weight(scores, values.shape[1]),
-                      _scale(scores, scale), hinge, out, reduced, reduction == "mean")
-    return _hinge_result(bad, target, scores, hinge, out, reduced, reduction)
-
-
-@njit(**_JIT)
-def _hinge_rows_of_draws(scores, target, margins, kind, draws, values, weight, scale, hinge,
-                         out, reduced, mean):
-    """:func:`_hinge_rows` on the draws' values (float64) rounded to the dtype of
-    ``scores`` into ``values``, as :func:`smoothtopk.perturbed_cpu.kth_draws` returns
-    them."""
-    for r in range(values.shape[0]):
-        for b in range(values.shape[1]):
-            values[r, b] = draws[r, b]
-    return _hinge_rows(scores, target, margins, kind, values, weight, scale, hinge, out,
-                       reduced, mean)
+    return _hinge(scores, target, margin, values, scale, per_class, reduction)
 
 
 def noised_hinge_forward(
@@ -119,53 +112,35 @@ def noised_hinge_forward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(indices, hinge, loss)``: the draws of :func:`smoothtopk.perturbed_cpu.kth_draws`
     (``k``, ``epsilon``, ``n_samples``, ``n_candidates``, ``seed``, ``threads``; C-contiguous
-    ``scores``, ``epsilon > 0``) and :func:`hinge_forward` on their values, with one set of
-    buffers and one launch of the threads, the values rounded to the dtype inside the
-    hinge's pass: the same draws, hinge and loss; ``indices (N, B)`` the drawn columns."""
-    rows = scores.shape[0]
-    margins, kind, hinge, out, reduced = _hinge_buffers(scores, margin, scale, per_class)
+    ``scores``, ``epsilon > 0``) and :func:`hinge_forward` on their values, with one launch
+    of the threads, the float64 draws rounded to the dtype inside the hinge's pass: the
+    same draws, hinge and loss; ``indices (N, B)`` the drawn columns."""
     args, out_val, out_col = draw_arguments(scores, k, epsilon, n_samples, n_candidates, seed)
-    values = np.empty((rows, n_samples), dtype=scores.dtype)
-    with parallel_threads(min(threads, rows)) as threads:
+    with parallel_threads(min(threads, scores.shape[0])) as threads:
         draw_rows(*args, False, threads, out_val, out_col)
-    bad = _hinge_rows_of_draws(scores, target, margins, kind, out_val, values,
-                               _weight(scores, n_samples), _scale(scores, scale), hinge, out,
-                               reduced, reduction == "mean")
-    return (out_col, *_hinge_result(bad, target, scores, hinge, out, reduced, reduction))
+    return (out_col, *_hinge(scores, target, margin, out_val, scale, per_class, reduction))
 
 
-def _hinge_buffers(scores: np.ndarray, margin: float | np.ndarray, scale: float | None,
-                   per_class: bool) -> tuple[np.ndarray, int, np.ndarray, np.ndarray,
-                                             np.ndarray]:
-    """The margins as an array and their kind (0: one for all rows, 1: per row, 2: per
-    class), and the hinge, loss and reduced-loss buffers (the loss is the hinge itself
-    without a ``scale``)."""
-    kind = 0
-    if isinstance(margin, np.ndarray):
-        kind = 2 if per_class else 1
-    else:
-        margin = np.full(1, margin, dtype=scores.dtype)
+#: The margins array of the compiled pass when the margin is one float, per dtype (unread).
+_NO_MARGINS = {np.dtype(t): np.empty(1, dtype=t) for t in (np.float32, np.float64)}
+
+
+def _hinge(scores: np.ndarray, target: np.ndarray, margin: float | np.ndarray,
+           values: np.ndarray, scale: float | None, per_class: bool,
+           reduction: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`hinge_forward` on ``values`` of any float dtype (rounded to that of
+    ``scores``)."""
     rows = scores.shape[0]
     hinge = np.empty(rows, dtype=scores.dtype)
     out = hinge if scale is None else np.empty(rows, dtype=scores.dtype)
-    return margin, kind, hinge, out, np.empty(1, dtype=scores.dtype)
-
-
-def _weight(scores: np.ndarray, n_samples: int):
-    """``1/B`` in the dtype of ``scores``."""
-    return scores.dtype.type(1.0 / n_samples)
-
-
-def _scale(scores: np.ndarray, scale: float | None):
-    """The hinge's factor in the dtype of ``scores`` (1 for ``None``)."""
-    return scores.dtype.type(1.0 if scale is None else scale)
-
-
-def _hinge_result(bad: int, target: np.ndarray, scores: np.ndarray, hinge: np.ndarray,
-                  out: np.ndarray, reduced: np.ndarray,
-                  reduction: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(hinge, loss)`` of :func:`_hinge_rows`, or its ``ValueError`` when row ``bad``
-    holds a target out of range."""
+    reduced = np.empty(1, dtype=scores.dtype)
+    if isinstance(margin, np.ndarray):
+        margins, kind, margin = margin, 2 if per_class else 1, 0.0
+    else:
+        margins, kind = _NO_MARGINS[scores.dtype], 0
+    bad = _hinge_rows(scores, target, margins, kind, float(margin), values,
+                      1.0 if scale is None else float(scale), hinge, out, reduced,
+                      reduction == "mean")
     if bad >= 0:
         raise ValueError(f"target values must be in [0, {scores.shape[1]}), "
                          f"found {int(target[bad])}")

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from types import ModuleType
 
 import numpy as np
@@ -95,6 +96,9 @@ _DENSE_DRAWS = 2**18
 # ... or when ε >= _DENSE_SPREAD × the scores' spread (_noise_dominates;
 # N(0, 1) scores with ε = 1 qualify, a trained network's peaked scores with ε <= 0.2 not).
 _DENSE_SPREAD = 0.25
+
+#: Each thread's 0-d int64 tensor that :func:`_kernel_seed` draws into.
+_SEED_BOX = threading.local()
 
 
 def _first_order(backward):
@@ -251,8 +255,14 @@ def sample_perturbed_kth(
 
 
 def _kernel_seed(generator: torch.Generator | None) -> int:
-    """One 64-bit draw of the caller's generator, which keys the CPU kernel's streams."""
-    return int(torch.randint(-(2**63), 2**63 - 1, (), generator=generator, dtype=torch.int64))
+    """One 64-bit draw of the caller's generator, which keys the CPU kernel's streams: the
+    number ``torch.randint(−2⁶³, 2⁶³ − 1, ())`` would draw, into a 0-d tensor of this
+    thread's kept for the purpose (a few microseconds less than a new one, every step)."""
+    try:
+        box = _SEED_BOX.tensor
+    except AttributeError:
+        box = _SEED_BOX.tensor = torch.empty((), dtype=torch.int64)
+    return int(box.random_(-(2**63), 2**63 - 1, generator=generator))
 
 
 def _sample_cpu(
@@ -416,40 +426,53 @@ def _keep_for_backward(ctx, scores: Tensor, margin: float | Tensor, scale: float
     ctx.per_class, ctx.margin_size = per_class, margin.shape if per_class else None
 
 
-def _hinge_backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+def _hinge_backward(ctx, grad: Tensor, target: Tensor, indices: Tensor,
+                    hinge: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """Gradients of the scores and of the margin (``None`` where not needed) of the fused
-    hinge, from the saved ``target``, ``indices`` and hinge; the scores at input 0 and the
-    margin at input 2 of both :class:`_NoisedHinge` and :class:`_SampledNoisedHinge`."""
-    target, indices, hinge = ctx.saved_tensors
+    hinge, from its ``target``, ``indices`` and hinge; the scores at input 0 and the margin
+    at input 2 of both :class:`_NoisedHinge` and :class:`_SampledNoisedHinge`."""
+    if _compiled_backward(grad, indices, target):  # any strides: the kernel reads them
+        return _compiled_hinge_backward(ctx, grad, target, indices.numpy(), hinge.numpy())
     rows = ctx.shape[0]
     grad_scores = grad_margin = None
     needs_scores, _, needs_margin = ctx.needs_input_grad[:3]
-    if _compiled_backward(grad, indices, target):  # any strides: the kernel reads them
-        out, masked = hinge_cpu.hinge_grad(grad.numpy().reshape(-1), hinge.numpy(),
-                                           ctx.scale, indices.numpy(), target.numpy(),
-                                           ctx.shape[1], torch.get_num_threads(),
-                                           ctx.reduction)
-        if needs_scores:
-            grad_scores = torch.from_numpy(out)
-        if not needs_margin:
-            return grad_scores, None
-        masked = torch.from_numpy(masked)
-    else:  # torch's mean and sum backward, then the hinge's
-        if ctx.reduction != "none":
-            grad = grad.expand(rows)
-            grad = grad / rows if ctx.reduction == "mean" else grad
-        if ctx.scale is not None:
-            grad = grad * ctx.scale
-        masked = grad * (hinge > 0)
-        if needs_scores:
-            share = (masked * (1.0 / indices.shape[-1])).unsqueeze(-1).expand(indices.shape)
-            grad_scores = masked.new_zeros(ctx.shape).scatter_add_(1, indices, share)
-            grad_scores.scatter_add_(1, target.unsqueeze(1), -masked.unsqueeze(1))
-    if needs_margin:  # index's backward for per-class margins
-        grad_margin = (masked.new_zeros(ctx.margin_size)
-                       .index_put_((target,), masked, accumulate=True)
-                       if ctx.per_class else masked)
+    # torch's mean and sum backward, then the hinge's
+    if ctx.reduction != "none":
+        grad = grad.expand(rows)
+        grad = grad / rows if ctx.reduction == "mean" else grad
+    if ctx.scale is not None:
+        grad = grad * ctx.scale
+    masked = grad * (hinge > 0)
+    if needs_scores:
+        share = (masked * (1.0 / indices.shape[-1])).unsqueeze(-1).expand(indices.shape)
+        grad_scores = masked.new_zeros(ctx.shape).scatter_add_(1, indices, share)
+        grad_scores.scatter_add_(1, target.unsqueeze(1), -masked.unsqueeze(1))
+    if needs_margin:
+        grad_margin = _margin_grad(ctx, masked, target)
     return grad_scores, grad_margin
+
+
+def _compiled_hinge_backward(ctx, grad: Tensor, target: Tensor, indices: np.ndarray,
+                             hinge: np.ndarray) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`_hinge_backward` in one compiled pass (:func:`smoothtopk.hinge_cpu.hinge_grad`)
+    for a CPU float32 or float64 ``grad``, from the arrays of ``indices`` (int64) and of
+    the hinge."""
+    out, masked = hinge_cpu.hinge_grad(grad.numpy().reshape(-1), hinge, ctx.scale, indices,
+                                       target.numpy(), ctx.shape[1], torch.get_num_threads(),
+                                       ctx.reduction)
+    needs_scores, _, needs_margin = ctx.needs_input_grad[:3]
+    grad_scores = torch.from_numpy(out) if needs_scores else None
+    if not needs_margin:
+        return grad_scores, None
+    return grad_scores, _margin_grad(ctx, torch.from_numpy(masked), target)
+
+
+def _margin_grad(ctx, masked: Tensor, target: Tensor) -> Tensor:
+    """The margin's gradient from ``g_r`` (``masked``): itself for margins per row, index's
+    backward for per-class margins."""
+    if not ctx.per_class:
+        return masked
+    return masked.new_zeros(ctx.margin_size).index_put_((target,), masked, accumulate=True)
 
 
 class _NoisedHinge(Function):
@@ -478,7 +501,7 @@ class _NoisedHinge(Function):
     @staticmethod
     @_first_order
     def backward(ctx, grad):
-        grad_scores, grad_margin = _hinge_backward(ctx, grad)
+        grad_scores, grad_margin = _hinge_backward(ctx, grad, *ctx.saved_tensors)
         return grad_scores, None, grad_margin, None, None, None, None, None
 
 
@@ -539,25 +562,32 @@ class _SampledNoisedHinge(Function):
     kernel of :mod:`smoothtopk.perturbed_cpu` (CPU float32 or float64 scores): one autograd
     node, whose forward draws and computes the hinge in one call
     (:func:`smoothtopk.hinge_cpu.noised_hinge_forward`) and whose backward is one compiled
-    pass."""
+    pass. The draw's arguments come in one tuple, ``(k, ε, B, seed, scale, reduction,
+    per_class)``, and the node keeps its own arrays (the drawn columns, the hinge) on
+    ``ctx``: each argument and each saved tensor costs microseconds of every step. The
+    caller's ``target`` is saved, and so is the hinge when it is the returned loss, so
+    that changing either in place before the backward raises, as in torch's own losses."""
 
     @staticmethod
-    def forward(ctx, scores, target, margin, k, epsilon, n_samples, seed, scale, reduction,
-                per_class):
+    def forward(ctx, scores, target, margin, draw):
+        k, epsilon, n_samples, seed, scale, reduction, per_class = draw
         _keep_for_backward(ctx, scores, margin, scale, reduction, per_class)
         indices, hinge, loss = hinge_cpu.noised_hinge_forward(
             scores.detach().contiguous().numpy(), target.numpy(), _margin_array(margin), k,
             epsilon, n_samples, k + DEFAULT_EXTRA_CANDIDATES, seed, scale, per_class,
             reduction, torch.get_num_threads())
-        hinge = torch.from_numpy(hinge)
-        ctx.save_for_backward(target, torch.from_numpy(indices), hinge)
-        return _loss_tensor(hinge, loss, scale, reduction)
+        ctx.drawn = indices, hinge
+        hinge_tensor = torch.from_numpy(hinge)
+        out = _loss_tensor(hinge_tensor, loss, scale, reduction)
+        ctx.save_for_backward(target, out if out is hinge_tensor else None)
+        return out
 
     @staticmethod
     @_first_order
     def backward(ctx, grad):
-        grad_scores, grad_margin = _hinge_backward(ctx, grad)
-        return grad_scores, None, grad_margin, None, None, None, None, None, None, None
+        target, _ = ctx.saved_tensors  # unpacking checks their versions
+        grad_scores, grad_margin = _compiled_hinge_backward(ctx, grad, target, *ctx.drawn)
+        return grad_scores, None, grad_margin, None
 
 
 def cpu_noised_hinge_loss(
@@ -570,9 +600,9 @@ def cpu_noised_hinge_loss(
     :func:`compiled_noised_hinge` arguments: the same draws from the same generator state,
     the same values and gradients, with less work around the compiled calls.
     ``margin``: a float or per-class ``(C,)`` margins. Arguments assumed validated."""
-    return _SampledNoisedHinge.apply(scores, target, margin, k, epsilon, n_samples,
-                                     _kernel_seed(generator), scale, reduction,
-                                     isinstance(margin, Tensor))
+    return _SampledNoisedHinge.apply(scores, target, margin, (
+        k, epsilon, n_samples, _kernel_seed(generator), scale, reduction,
+        isinstance(margin, Tensor)))
 
 
 def compiled_noised_hinge(scores: Tensor, margin: float | Tensor) -> bool:

@@ -1350,7 +1350,7 @@ def draw_rows(x: np.ndarray, k: int, eps: float, n_samples: int, m: int, seed: n
               out_col: np.ndarray) -> None:
     """:func:`kth_draws` into ``out_val`` (float64) and ``out_col``, with the arguments of
     :func:`draw_arguments`: the rows shared among ``threads`` threads (numba's count, set by
-    the caller: :func:`smoothtopk._numba.parallel_threads`) in blocks of a few rows each, or
+    the caller: :class:`smoothtopk._numba.parallel_threads`) in blocks of a few rows each, or
     one thread. A Python function: numba's cache of a compiled caller in another module
     would not notice changes to this module's kernel (a cached compiled version of the
     fused hinge, calling it, crashed once loaded)."""
@@ -1383,6 +1383,10 @@ def kth_draws(
     return out_val.astype(x.dtype, copy=False), out_col
 
 
+#: The kernel's ``perturbed`` argument when no draws are given, per dtype (never read).
+_NO_DRAWS = {np.dtype(t): np.empty((1, 1, 1), dtype=t) for t in (np.float32, np.float64)}
+
+
 def draw_arguments(x: np.ndarray, k: int, epsilon: float, n_samples: int, n_candidates: int,
                    seed: int, perturbed: np.ndarray | None = None,
                    ) -> tuple[tuple, np.ndarray, np.ndarray]:
@@ -1390,6 +1394,8 @@ def draw_arguments(x: np.ndarray, k: int, epsilon: float, n_samples: int, n_cand
     perturbed)`` (``M >= k``, the seed as 64 unsigned bits, a placeholder when the draws
     are not given), and its outputs ``out_val``, ``out_col``, allocated."""
     if perturbed is None:
+        perturbed = _NO_DRAWS.get(x.dtype)
+    if perturbed is None:  # a dtype the kernel does not take: its own error
         perturbed = np.empty((1, 1, 1), dtype=x.dtype)
     rows = x.shape[0]
     args = (x, k, float(epsilon), n_samples, max(int(n_candidates), k),
