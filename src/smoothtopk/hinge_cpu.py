@@ -169,12 +169,19 @@ def _row(grad, per_row, count, hinge, scale, weight, indices, target, out, maske
 
 @njit(**_JIT)
 def _rows_serial(grad, per_row, count, hinge, scale, weight, indices, target, out, masked):
+    """Every row of the gradient (:func:`_row`); ``count``, ``scale`` and ``weight`` are
+    Python floats, rounded to the dtype of ``grad`` here."""
+    count, scale = grad.dtype.type(count), grad.dtype.type(scale)
+    weight = grad.dtype.type(weight)
     for r in range(out.shape[0]):
         _row(grad, per_row, count, hinge, scale, weight, indices, target, out, masked, r)
 
 
 @njit(parallel=True, **_JIT)
 def _rows_parallel(grad, per_row, count, hinge, scale, weight, indices, target, out, masked):
+    """:func:`_rows_serial` with the rows shared among numba's threads."""
+    count, scale = grad.dtype.type(count), grad.dtype.type(scale)
+    weight = grad.dtype.type(weight)
     for r in prange(out.shape[0]):
         _row(grad, per_row, count, hinge, scale, weight, indices, target, out, masked, r)
 
@@ -193,7 +200,6 @@ def hinge_grad(
     columns in ``[0, C)``; ``target``: ``(N,)`` int64 in ``[0, C)`` (not checked: the
     callers validated them); ``scale``: ``None`` for no factor; ``threads``: rows are
     shared among that many threads for large gradients (same result)."""
-    dtype = grad.dtype.type
     rows = indices.shape[0]
     out = np.empty((rows, num_classes), dtype=grad.dtype)
     masked = np.empty(rows, dtype=grad.dtype)
@@ -201,8 +207,8 @@ def hinge_grad(
         threads = 1
     with parallel_threads(min(threads, rows)) as threads:
         kernel = _rows_parallel if threads > 1 else _rows_serial
-        kernel(grad, int(reduction == "none"), dtype(rows if reduction == "mean" else 1),
-               hinge, dtype(1.0 if scale is None else scale), dtype(1.0 / indices.shape[1]),
+        kernel(grad, int(reduction == "none"), float(rows if reduction == "mean" else 1),
+               hinge, 1.0 if scale is None else float(scale), 1.0 / indices.shape[1],
                indices, target, out, masked)
     return out, masked
 
