@@ -53,7 +53,8 @@ _SAMPLER_SCORES = [(sampler, scores) for sampler in SAMPLERS
 @pytest.mark.parametrize(("sampler", "scores"), _SAMPLER_SCORES)
 @pytest.mark.parametrize("epsilon", [1e-6, 0.1, 1.0, 1e3])
 @pytest.mark.parametrize(("cols", "k", "n_candidates"),
-                         [(7, 1, None), (40, 3, None), (300, 6, None), (300, 6, 6)])
+                         [(7, 1, None), (40, 3, None), (100, 6, None), (300, 6, None),
+                          (300, 6, 6)])
 def test_equals_reference_given_noise(sampler, scores, epsilon, cols, k, n_candidates):
     gen = torch.Generator().manual_seed(cols + k)
     x = adversarial(scores, 16, cols, gen)
@@ -100,8 +101,8 @@ def test_equals_reference_on_non_finite_given_noise(sampler, epsilon, cols):
 
 
 _LAW_CASES = [
-    ("normal", 200, 3, 0.3, 3),  # many exceedances over the candidates
-    ("normal", 200, 6, 1.0, None),
+    ("normal", 200, 3, 0.3, 3),  # torch: many exceedances over the candidates
+    ("normal", 200, 6, 1.0, None),  # kernel: a short row (no search), broad
     ("normal", 2000, 6, 1.0, None),  # kernel: broad, the top classes ordered, the rest listed
     ("normal", 2000, 6, 0.5, None),  # kernel: broad, the rest's upper part ordered later
     ("leader", 2000, 6, 1.0, None),  # kernel: broad, the ordered part deeper than its depth
@@ -111,7 +112,7 @@ _LAW_CASES = [
     ("flat", 3000, 6, 1e-3, None),  # every class alike, tiny noise
     ("ties", 300, 2, 1e-6, None),  # ties broken by tiny noise only
     ("normal", 300, 6, 1e3, None),  # noise dominates: every class can win
-    ("normal", 100, 1, 0.5, None),  # short rows: every class a candidate
+    ("normal", 100, 1, 0.5, None),  # kernel: a short row, every class a candidate
 ]
 
 
@@ -272,12 +273,15 @@ def _law_case_row(scores, cols, k):
 
 def _law_case_is_broad(scores, cols, k, epsilon, n_candidates):
     """Whether the kernel orders the row of a ``_LAW_CASES`` case by buckets from the outset
-    (the broad path), from the same chunk maxima as the kernel."""
+    (the broad path), from the same chunk maxima as the kernel: by their spread, or for a
+    short row (too few chunks for the search) by :func:`perturbed_cpu._short_broad_top`."""
     m = k + perturbed.DEFAULT_EXTRA_CANDIDATES if n_candidates is None else n_candidates
-    if cols // 16 <= m + 1:
-        return False
     row, tops = _law_case_row(scores, cols, k)
-    return bool(perturbed_cpu._is_broad(tops, float(row.max()), m, epsilon))
+    if cols // 16 > m + 1:
+        return bool(perturbed_cpu._is_broad(tops, float(row.max()), m, epsilon))
+    if cols < perturbed_cpu._SHORT_BROAD * (k + perturbed_cpu._BROAD_FULL):
+        return False
+    return not math.isnan(perturbed_cpu._short_broad_top(row, k, epsilon, tops))
 
 
 #: On 300 classes (k = 6), ``B`` for which the ``B`` draws' Gaussians of the classes drawn in
@@ -361,11 +365,52 @@ def test_law_cases_cover_the_broad_layouts():
 
 
 def test_law_cases_cover_both_paths():
-    """The law tests above run broad rows (ordered from the outset) and searched ones."""
+    """The law tests above run broad rows (ordered from the outset) and searched ones, and
+    short rows of both kinds (too few chunks for the search): broad, and every class a
+    candidate."""
     broad = [_law_case_is_broad(*case) for case in _LAW_CASES]
     assert _law_case_is_broad("normal", 2000, 6, 1.0, None)
     assert not _law_case_is_broad("peaked", 1000, 6, 0.1, None)
     assert 3 <= sum(broad) <= len(broad) - 3
+    assert _law_case_is_broad("normal", 200, 6, 1.0, None)
+    assert _law_case_is_broad("normal", 200, 3, 0.3, 3)
+    assert not _law_case_is_broad("normal", 100, 1, 0.5, None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_short_broad_rows(dtype):
+    """A short row (fewer than ``16 (M + 2)`` classes) is drawn as a broad row when at
+    least ``k + 24`` classes lie within 4ε of its largest score and at least an eighth of
+    its classes under the cut, 2.5ε below it: then the largest score, else NaN (NaN also
+    for a row holding a NaN or an infinity)."""
+    k, cols = 6, 100
+    row = torch.randn(cols, generator=torch.Generator().manual_seed(3)).numpy().astype(dtype)
+    tops = np.empty(cols // 16, dtype)
+
+    def top(r, epsilon):
+        return perturbed_cpu._short_broad_top(r, k, epsilon, tops)
+
+    assert top(row, 1.0) == row.max()
+    assert math.isnan(top(row, 0.2))  # few classes near the top: the candidates' path
+    assert math.isnan(top(row, 10.0))  # none under the cut: every Gaussian drawn
+    peaked = row.copy()
+    peaked[:5] += 8.0
+    assert math.isnan(top(peaked, 0.1))
+    for bad in (math.nan, math.inf, -math.inf):
+        spoilt = row.copy()
+        spoilt[cols - 1] = bad  # after the chunks
+        assert math.isnan(top(spoilt, 1.0))
+        spoilt = row.copy()
+        spoilt[7] = bad  # in a chunk
+        assert math.isnan(top(spoilt, 1.0))
+    # the counts at their bounds: exactly k + 24 classes within 4ε, an eighth under the cut
+    edge = np.zeros(cols, dtype)
+    edge[:k + perturbed_cpu._BROAD_FULL] = 4.0
+    edge[0] = 5.0
+    edge[cols - cols // 8:] = -10.0
+    assert top(edge, 1.0) == 5.0
+    edge[1] = 0.5  # one class fewer near the top
+    assert math.isnan(top(edge, 1.0))
 
 
 @pytest.mark.parametrize(("scores", "epsilon"), [("normal", 1.0), ("normal", 0.05),
