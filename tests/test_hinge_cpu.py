@@ -132,6 +132,21 @@ def test_noised_hinge_forward_is_the_draws_then_the_hinge(dtype, margin_kind, re
                                        per_class, reduction, threads)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kth_mean_forward_is_the_draws_then_their_mean(dtype, threads):
+    """``kth_mean_forward`` == ``kth_draws``, then ``weighted_row_sums`` of their values
+    with weight ``1/B``, from the same seed: the same columns and means, bit for bit."""
+    rng = np.random.default_rng(10)
+    n, c, b, k = 37, 300, 5, 6
+    x = rng.standard_normal((n, c)).astype(dtype)
+    indices, means = hinge_cpu.kth_mean_forward(x, k, 0.8, b, k + 8, 321, threads)
+    values, columns = perturbed_cpu.kth_draws(x, k, 0.8, b, k + 8, 321, threads=threads)
+    assert np.array_equal(indices, columns)
+    assert means.dtype == dtype
+    assert np.array_equal(means, hinge_cpu.weighted_row_sums(values, 1.0 / b))
+
+
 def _inputs(n, c, b, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     grad = torch.randn(n, generator=gen, dtype=dtype)

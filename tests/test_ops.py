@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,9 +94,10 @@ def test_exact_ops_gradcheck(k):
 
 
 @pytest.mark.parametrize("given_noise", [False, True])
-def test_backward_saves_only_indices(given_noise):
-    """Sampled on the CPU (one node with the draws) or from given noise (the selected sum):
-    only the (N, B) columns are saved."""
+def test_backward_keeps_only_indices(given_noise):
+    """Sampled on the CPU (one node with the draws, which keeps its own array on ``ctx``)
+    or from given noise (the selected sum, which saves it): only the (N, B) columns are
+    kept for the backward."""
     x = torch.randn(8, 50, requires_grad=True)
     noise = torch.randn(7, 8, 50) if given_noise else None
     out = smooth_kth_largest(x, 3, n_samples=7, noise=noise)
@@ -103,10 +105,15 @@ def test_backward_saves_only_indices(given_noise):
     name = "SelectedSum" if given_noise else "SampledKth"
     while name not in type(node).__name__:
         node = node.next_functions[0][0]
-    saved = node.saved_tensors
-    assert len(saved) == 1
-    assert saved[0].dtype == torch.int64
-    assert saved[0].numel() == 8 * 7
+    if given_noise:
+        (kept,) = node.saved_tensors
+    else:
+        assert node.saved_tensors == ()
+        kept = torch.from_numpy(node.drawn)
+        assert not any(isinstance(v, (torch.Tensor, np.ndarray))
+                       for name, v in vars(node).items() if name != "drawn")
+    assert kept.dtype == torch.int64
+    assert kept.numel() == 8 * 7
 
 
 @pytest.mark.parametrize("op", ["topk_sum", "kth_largest", "smooth_topk_sum",

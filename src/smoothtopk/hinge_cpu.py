@@ -28,8 +28,8 @@ from smoothtopk._numba import JIT as _JIT
 from smoothtopk._numba import parallel_threads
 from smoothtopk.perturbed_cpu import draw_arguments, draw_rows
 
-__all__ = ["hinge_forward", "hinge_grad", "noised_hinge_forward", "selected_grad",
-           "weighted_row_sums"]
+__all__ = ["hinge_forward", "hinge_grad", "kth_mean_forward", "noised_hinge_forward",
+           "selected_grad", "weighted_row_sums"]
 
 #: Below this many gradient entries one thread writes them all.
 _PARALLEL_ENTRIES = 2**18
@@ -47,6 +47,9 @@ def _row_sum(values, r, like):
 
 @njit(**_JIT)
 def _weighted_sums(values, weight, out):
+    """``out[r] = weight · Σ_m values[r, m]`` in the dtype of ``out``, each value and the
+    Python float ``weight`` rounded to it first."""
+    weight = out.dtype.type(weight)
     for r in range(values.shape[0]):
         out[r] = _row_sum(values, r, out) * weight
 
@@ -58,8 +61,24 @@ def weighted_row_sums(values: np.ndarray, weight: float) -> np.ndarray:
     if width == 0:
         return np.zeros(rows, dtype=values.dtype)
     out = np.empty(rows, dtype=values.dtype)
-    _weighted_sums(values, values.dtype.type(weight), out)
+    _weighted_sums(values, float(weight), out)
     return out
+
+
+def kth_mean_forward(
+    x: np.ndarray, k: int, epsilon: float, n_samples: int, n_candidates: int, seed: int,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, means)``: the draws of :func:`smoothtopk.perturbed_cpu.kth_draws` (same
+    arguments; C-contiguous ``x``, ``epsilon > 0``) and :func:`weighted_row_sums` of their
+    values with weight ``1/B``, the float64 draws rounded to the dtype of ``x`` inside its
+    pass: the same columns and means, with one buffer less."""
+    args, out_val, out_col = draw_arguments(x, k, epsilon, n_samples, n_candidates, seed)
+    with parallel_threads(min(threads, x.shape[0])) as threads:
+        draw_rows(*args, False, threads, out_val, out_col)
+    means = np.empty(x.shape[0], dtype=x.dtype)
+    _weighted_sums(out_val, 1.0 / n_samples, means)
+    return out_col, means
 
 
 @njit(**_JIT)
@@ -215,12 +234,17 @@ def hinge_grad(
 
 @njit(**_JIT)
 def _selected_serial(grad, weight, indices, out):
+    """Every row of :func:`selected_grad` (``weight``: a Python float, rounded to the dtype
+    of ``grad`` here)."""
+    weight = grad.dtype.type(weight)
     for r in range(out.shape[0]):
         _scatter_row(out, r, indices, grad[r] * weight)
 
 
 @njit(parallel=True, **_JIT)
 def _selected_parallel(grad, weight, indices, out):
+    """:func:`_selected_serial` with the rows shared among numba's threads."""
+    weight = grad.dtype.type(weight)
     for r in prange(out.shape[0]):
         _scatter_row(out, r, indices, grad[r] * weight)
 
@@ -242,5 +266,5 @@ def selected_grad(
         threads = 1
     with parallel_threads(min(threads, rows)) as threads:
         kernel = _selected_parallel if threads > 1 else _selected_serial
-        kernel(grad, grad.dtype.type(weight), indices, out)
+        kernel(grad, float(weight), indices, out)
     return out

@@ -505,15 +505,6 @@ class _NoisedHinge(Function):
         return grad_scores, None, grad_margin, None, None, None, None, None
 
 
-def _compiled_draws(x: Tensor, k: int, epsilon: float, n_samples: int,
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The CPU kernel's draws (:mod:`smoothtopk.perturbed_cpu`) on contiguous CPU float32 or
-    float64 scores ``x (R, C)``: values ``(R, B)`` in their dtype, int64 columns."""
-    return perturbed_cpu.kth_draws(x.numpy(), k, epsilon, n_samples,
-                                   k + DEFAULT_EXTRA_CANDIDATES, seed,
-                                   threads=torch.get_num_threads())
-
-
 def selected_sum_grad(grad: Tensor, indices: Tensor, weight: float, shape: torch.Size) -> Tensor:
     """The gradient, of shape ``shape`` ``(R, C)``, of ``out[r] = weight · Σ_m x[r,
     indices[r, m]]`` for ``grad (R,)``: ``weight · grad[r]`` added at each selected column.
@@ -529,23 +520,26 @@ def selected_sum_grad(grad: Tensor, indices: Tensor, weight: float, shape: torch
 class _SampledKth(Function):
     """``(1/B) Σ_b`` of the draws of the perturbed k-th largest of each row of CPU float32
     or float64 scores ``x (R, C)``, drawn by the kernel of :mod:`smoothtopk.perturbed_cpu`
-    and added left to right (:func:`smoothtopk.hinge_cpu.weighted_row_sums`) in the
-    forward: one autograd node, no tensor made in between. The backward scatters
-    ``grad[r] / B`` to the drawn columns (:func:`selected_sum_grad`); only they are saved."""
+    and added left to right (:func:`smoothtopk.hinge_cpu.kth_mean_forward`) in the forward:
+    one autograd node, no tensor made in between. The backward scatters ``grad[r] / B`` to
+    the drawn columns (:func:`smoothtopk.hinge_cpu.selected_grad`); only they are kept, on
+    ``ctx`` (the node's own array). The draw's arguments come in one tuple,
+    ``(k, ε, B, seed)``."""
 
     @staticmethod
-    def forward(ctx, x, k, epsilon, n_samples, seed):
-        ctx.weight, ctx.shape = 1.0 / n_samples, x.shape
-        values, indices = _compiled_draws(x.detach().contiguous(), k, epsilon, n_samples,
-                                          seed)
-        ctx.save_for_backward(torch.from_numpy(indices))
-        return torch.from_numpy(hinge_cpu.weighted_row_sums(values, ctx.weight))
+    def forward(ctx, x, draw):
+        k, epsilon, n_samples, seed = draw
+        ctx.weight, ctx.num_cols = 1.0 / n_samples, x.shape[1]
+        ctx.drawn, means = hinge_cpu.kth_mean_forward(
+            x.detach().contiguous().numpy(), k, epsilon, n_samples,
+            k + DEFAULT_EXTRA_CANDIDATES, seed, torch.get_num_threads())
+        return torch.from_numpy(means)
 
     @staticmethod
     @_first_order
-    def backward(ctx, grad):
-        (indices,) = ctx.saved_tensors
-        return selected_sum_grad(grad, indices, ctx.weight, ctx.shape), None, None, None, None
+    def backward(ctx, grad):  # grad: CPU, the dtype of x (autograd casts it)
+        return torch.from_numpy(hinge_cpu.selected_grad(
+            grad.numpy(), ctx.drawn, ctx.weight, ctx.num_cols, torch.get_num_threads())), None
 
 
 def cpu_smooth_kth(x2d: Tensor, k: int, epsilon: float, n_samples: int,
@@ -554,7 +548,7 @@ def cpu_smooth_kth(x2d: Tensor, k: int, epsilon: float, n_samples: int,
     float64 rows ``x2d (R, C)`` (:func:`compiled_on_cpu`), in one autograd node: the draws
     of :func:`sample_perturbed_kth` from the same generator state, the same values and
     gradients. Arguments assumed validated, ``epsilon > 0``."""
-    return _SampledKth.apply(x2d, k, epsilon, n_samples, _kernel_seed(generator))
+    return _SampledKth.apply(x2d, (k, epsilon, n_samples, _kernel_seed(generator)))
 
 
 class _SampledNoisedHinge(Function):
