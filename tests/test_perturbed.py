@@ -262,6 +262,38 @@ def test_candidates_are_the_columns_reaching_the_bound(scores, epsilon):
         assert max(counts) <= 2 * (k + 2)
 
 
+@pytest.mark.parametrize(("scores", "epsilon", "searched"),
+                         [("peaked", 0.1, {True}), ("normal", 0.3, {True, False}),
+                          ("normal", 3.0, {False}), ("flat", 1.0, {False})])
+def test_short_rows_search_their_candidates_when_few_compete(scores, epsilon, searched):
+    """A short row (fewer than ``16 (M + 2)`` classes) takes each class as its own chunk
+    and searches its candidates when at most ``M + 1`` classes lie within 1.5ε of its k-th
+    largest score (then few others can be proposed): the columns ``>= u``, at least
+    ``k + 1`` and at most ``M + 1`` of them; otherwise every class is a candidate."""
+    gen = torch.Generator().manual_seed(8)
+    x = adversarial(scores, 12, 100, gen).numpy()
+    k, m = 6, 14
+    seen = set()
+    for row in x:
+        cols = row.shape[0]
+        kth = np.sort(row.astype(np.float64))[-k]
+        expected = int((row.astype(np.float64) >= kth - 1.5 * epsilon).sum()) <= m + 1
+        cand_col, cand_x = np.empty(cols, np.int64), np.empty(cols)
+        count, u, finite = perturbed_cpu._candidates(
+            row, k, m, epsilon, cand_col, cand_x, np.empty(cols // 16 + 1, np.float32),
+            np.empty(cols // 16 + 1, np.int64), np.empty(k + 2), np.empty(cols),
+            np.empty(cols, np.int64))
+        assert finite
+        if expected:
+            assert k + 1 <= count <= m + 1
+            assert sorted(cand_col[:count].tolist()) == np.flatnonzero(row >= u).tolist()
+            assert (cand_x[:count] == row[cand_col[:count]]).all()
+        else:
+            assert count == cols and u == -np.inf
+        seen.add(expected)
+    assert seen == searched
+
+
 def _law_case_row(scores, cols, k):
     """The row of a ``_LAW_CASES`` case (as the law test draws it) and its chunk maxima,
     as the kernel computes them."""
