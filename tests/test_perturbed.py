@@ -306,14 +306,14 @@ def _law_case_row(scores, cols, k):
 def _law_case_is_broad(scores, cols, k, epsilon, n_candidates):
     """Whether the kernel orders the row of a ``_LAW_CASES`` case by buckets from the outset
     (the broad path), from the same chunk maxima as the kernel: by their spread, or for a
-    short row (too few chunks for the search) by :func:`perturbed_cpu._short_broad_top`."""
+    short row (too few chunks for the search) by :func:`perturbed_cpu._short_is_broad`."""
     m = k + perturbed.DEFAULT_EXTRA_CANDIDATES if n_candidates is None else n_candidates
     row, tops = _law_case_row(scores, cols, k)
     if cols // 16 > m + 1:
         return bool(perturbed_cpu._is_broad(tops, float(row.max()), m, epsilon))
     if cols < perturbed_cpu._SHORT_BROAD * (k + perturbed_cpu._BROAD_FULL):
         return False
-    return not math.isnan(perturbed_cpu._short_broad_top(row, k, epsilon, tops))
+    return bool(perturbed_cpu._short_is_broad(row, float(row.max()), k, epsilon))
 
 
 #: On 300 classes (k = 6), ``B`` for which the ``B`` draws' Gaussians of the classes drawn in
@@ -413,36 +413,45 @@ def test_law_cases_cover_both_paths():
 def test_short_broad_rows(dtype):
     """A short row (fewer than ``16 (M + 2)`` classes) is drawn as a broad row when at
     least ``k + 24`` classes lie within 4ε of its largest score and at least an eighth of
-    its classes under the cut, 2.5ε below it: then the largest score, else NaN (NaN also
-    for a row holding a NaN or an infinity)."""
+    its classes under the cut, 2.5ε below it."""
     k, cols = 6, 100
     row = torch.randn(cols, generator=torch.Generator().manual_seed(3)).numpy().astype(dtype)
-    tops = np.empty(cols // 16, dtype)
 
-    def top(r, epsilon):
-        return perturbed_cpu._short_broad_top(r, k, epsilon, tops)
+    def broad(r, epsilon):
+        return perturbed_cpu._short_is_broad(r, float(r.max()), k, epsilon)
 
-    assert top(row, 1.0) == row.max()
-    assert math.isnan(top(row, 0.2))  # few classes near the top: the candidates' path
-    assert math.isnan(top(row, 10.0))  # none under the cut: every Gaussian drawn
+    assert broad(row, 1.0)
+    assert not broad(row, 0.2)  # few classes near the top: the candidates' path
+    assert not broad(row, 10.0)  # none under the cut: every Gaussian drawn
     peaked = row.copy()
     peaked[:5] += 8.0
-    assert math.isnan(top(peaked, 0.1))
-    for bad in (math.nan, math.inf, -math.inf):
-        spoilt = row.copy()
-        spoilt[cols - 1] = bad  # after the chunks
-        assert math.isnan(top(spoilt, 1.0))
-        spoilt = row.copy()
-        spoilt[7] = bad  # in a chunk
-        assert math.isnan(top(spoilt, 1.0))
+    assert not broad(peaked, 0.1)
     # the counts at their bounds: exactly k + 24 classes within 4ε, an eighth under the cut
     edge = np.zeros(cols, dtype)
     edge[:k + perturbed_cpu._BROAD_FULL] = 4.0
     edge[0] = 5.0
     edge[cols - cols // 8:] = -10.0
-    assert top(edge, 1.0) == 5.0
+    assert broad(edge, 1.0)
     edge[1] = 0.5  # one class fewer near the top
-    assert math.isnan(top(edge, 1.0))
+    assert not broad(edge, 1.0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("column", [7, 99])  # in a chunk, after the chunks
+def test_short_rows_with_non_finite_scores(bad, column):
+    """Short rows broad enough for the broad path (N(0, 1) scores, ε = 1, k = 1) but
+    holding a NaN or +∞, in a chunk or after the chunks, are drawn in full, in
+    torch.topk's order: their largest perturbed entry is that one, in every draw."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 100, generator=gen)
+    assert perturbed_cpu._short_is_broad(x[0].numpy(), float(x[0].max()), 1, 1.0)
+    x[:, column] = bad
+    values, indices = sample_perturbed_kth(x, 1, 1.0, 5, generator=gen)
+    assert bool((indices == column).all())
+    if math.isnan(bad):
+        assert bool(values.isnan().all())
+    else:
+        assert bool((values == bad).all())
 
 
 @pytest.mark.parametrize(("scores", "epsilon"), [("normal", 1.0), ("normal", 0.05),

@@ -13,7 +13,7 @@ order of its own: the ``B`` draws, which :func:`weighted_row_sums` adds left to 
 :class:`smoothtopk.ops._SelectedSum` uses it too, so that the fused hinge and the composed
 operators stay bitwise equal; the tests check both against the torch formulas), and a mean
 or sum over the rows, added row by row in float64. :func:`noised_hinge_forward` runs the
-sampler's kernel (:func:`smoothtopk.perturbed_cpu.draw_rows`) and :func:`hinge_forward`'s
+sampler's kernel (:func:`smoothtopk.perturbed_cpu.kth_draws_float64`) and :func:`hinge_forward`'s
 pass with less work between them, for the losses' node that also draws.
 :func:`selected_grad` is the backward of those composed operators (``_SelectedSum``):
 torch's zero-fill and scatter in one pass.
@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from smoothtopk._numba import JIT as _JIT
 from smoothtopk._numba import parallel_threads
-from smoothtopk.perturbed_cpu import draw_arguments, draw_rows
+from smoothtopk.perturbed_cpu import kth_draws_float64
 
 __all__ = ["hinge_forward", "hinge_grad", "kth_mean_forward", "noised_hinge_forward",
            "selected_grad", "weighted_row_sums"]
@@ -73,12 +73,11 @@ def kth_mean_forward(
     arguments; C-contiguous ``x``, ``epsilon > 0``) and :func:`weighted_row_sums` of their
     values with weight ``1/B``, the float64 draws rounded to the dtype of ``x`` inside its
     pass: the same columns and means, with one buffer less."""
-    args, out_val, out_col = draw_arguments(x, k, epsilon, n_samples, n_candidates, seed)
-    with parallel_threads(min(threads, x.shape[0])) as threads:
-        draw_rows(*args, False, threads, out_val, out_col)
+    values, columns = kth_draws_float64(x, k, epsilon, n_samples, n_candidates, seed,
+                                        threads=threads)
     means = np.empty(x.shape[0], dtype=x.dtype)
-    _weighted_sums(out_val, 1.0 / n_samples, means)
-    return out_col, means
+    _weighted_sums(values, 1.0 / n_samples, means)
+    return columns, means
 
 
 @njit(**_JIT)
@@ -134,10 +133,9 @@ def noised_hinge_forward(
     ``scores``, ``epsilon > 0``) and :func:`hinge_forward` on their values, with one launch
     of the threads, the float64 draws rounded to the dtype inside the hinge's pass: the
     same draws, hinge and loss; ``indices (N, B)`` the drawn columns."""
-    args, out_val, out_col = draw_arguments(scores, k, epsilon, n_samples, n_candidates, seed)
-    with parallel_threads(min(threads, scores.shape[0])) as threads:
-        draw_rows(*args, False, threads, out_val, out_col)
-    return (out_col, *_hinge(scores, target, margin, out_val, scale, per_class, reduction))
+    values, columns = kth_draws_float64(scores, k, epsilon, n_samples, n_candidates, seed,
+                                        threads=threads)
+    return (columns, *_hinge(scores, target, margin, values, scale, per_class, reduction))
 
 
 #: The margins array of the compiled pass when the margin is one float, per dtype (unread).

@@ -114,7 +114,7 @@ from smoothtopk._numba import JIT as _JIT
 from smoothtopk._numba import JIT_ALLOCATING as _JIT_ALLOCATING
 from smoothtopk._numba import parallel_threads
 
-__all__ = ["draw_arguments", "draw_rows", "kth_draws"]
+__all__ = ["kth_draws", "kth_draws_float64"]
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -147,7 +147,7 @@ _SORT_FRACTION = 1.0 / 32.0
 _BROAD_SPREAD = 4.0
 _BROAD_FULL = 24
 #: Short rows (too few chunks for the search) of at least ``_SHORT_BROAD·(k + _BROAD_FULL)``
-#: classes may be drawn as broad rows (:func:`_short_broad_top`); shorter ones are drawn in
+#: classes may be drawn as broad rows (:func:`_short_is_broad`); shorter ones are drawn in
 #: full, as the head alone would hold half of them.
 _SHORT_BROAD = 2
 #: Short rows of at least ``_SHORT_SEARCH·(M + 2)`` classes search their candidates with
@@ -1247,25 +1247,16 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
 
 
 @njit(**_JIT)
-def _short_broad_top(row, k, eps, tops):
-    """The largest score of a short row (too few chunks for the candidate search) that is
-    drawn as a broad row, else NaN (also for a row holding a NaN or an infinity): at least
-    ``k + _BROAD_FULL`` classes within ``_BROAD_SPREAD·ε`` of its largest score, and at
-    least ``1/_FEW_REST`` of its classes under the cut of :func:`_broad_cut` (else the
-    order would hold every class, and drawing every Gaussian is cheaper). ``tops``: scratch
-    for the row's chunk maxima (:func:`_chunk_tops`, which spare a serial pass)."""
-    n_chunks = tops.shape[0]
-    _chunk_tops(row, tops)
-    rest = _largest_from(row, _CHUNK * n_chunks)  # the columns after the chunks
-    if not (rest == rest and _all_numbers(tops)):
-        return np.nan
-    top = max(_largest(tops, 0, n_chunks), rest)
+def _short_is_broad(row, top, k, eps):
+    """Whether a short row (too few chunks for the candidate search) whose largest score is
+    ``top`` is drawn as a broad row: at least ``k + _BROAD_FULL`` classes within
+    ``_BROAD_SPREAD·ε`` of ``top``, and at least ``1/_FEW_REST`` of its classes under the
+    cut of :func:`_broad_cut` (else the order would hold every class, and drawing every
+    Gaussian is cheaper). Two vectorised counts."""
     cols = row.shape[0]
     cut = float(row.dtype.type(top - _BROAD_DEPTH * eps))
-    if (_count_from(row, top - _BROAD_SPREAD * eps) >= k + _BROAD_FULL
-            and (cols - _count_from(row, cut)) * _FEW_REST >= cols):
-        return top
-    return np.nan
+    return (_count_from(row, top - _BROAD_SPREAD * eps) >= k + _BROAD_FULL
+            and (cols - _count_from(row, cut)) * _FEW_REST >= cols)
 
 
 @njit(inline="always", **_JIT)
@@ -1275,21 +1266,23 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
     cols = row.shape[0]
     n_chunks = cols // _CHUNK
     finite = not given or _draws_finite(perturbed, r)  # else the reference's order
-    broad_top = np.nan  # the largest score of a row drawn as a broad row
-    if finite and n_chunks > m + 1:  # the chunk maxima (step 1), which also tell a broad row
+    searched = n_chunks > m + 1  # else a short row
+    broad, top = False, np.nan  # top: the largest score, for a broad row
+    if finite and (searched or cols >= _SHORT_BROAD * (k + _BROAD_FULL)):
+        # the chunk maxima (step 1), which also tell a broad row
         _chunk_tops(row, tops[:n_chunks])
         rest = _largest_from(row, _CHUNK * n_chunks)  # the columns after the chunks
         finite = _all_numbers(tops[:n_chunks]) and rest == rest
         if finite:  # the broad test first: the k + 1 largest maxima serve step 1 only
             top = max(_largest_below(tops[:n_chunks], np.inf), rest)
-            if _is_broad(tops[:n_chunks], top, m, eps):
-                broad_top = top
+            if searched:
+                broad = _is_broad(tops[:n_chunks], top, m, eps)
+                if not broad:
+                    _select_largest(tops[:n_chunks], k, select, cand_v, picked)
             else:
-                _select_largest(tops[:n_chunks], k, select, cand_v, picked)
-    elif finite and cols >= _SHORT_BROAD * (k + _BROAD_FULL):
-        broad_top = _short_broad_top(row, k, eps, tops[:n_chunks])
-    if broad_top == broad_top:
-        _broad_row(row, r, k, eps, n_samples, broad_top, state, perturbed, given, out_val,
+                broad = _short_is_broad(row, top, k, eps)
+    if broad:
+        _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
                    out_col, top_val, top_col, order, ranked, bucket, cand_v, noise_bits, tally,
                    cand_x, head_v, picked, cand_col, gauss, tops[:n_chunks], above, rest_list)
         return
@@ -1401,15 +1394,15 @@ def _rows_parallel(x, k, eps, n_samples, m, seed, perturbed, given, n_blocks, ou
                out_col)
 
 
-def draw_rows(x: np.ndarray, k: int, eps: float, n_samples: int, m: int, seed: np.uint64,
-              perturbed: np.ndarray, given: bool, threads: int, out_val: np.ndarray,
-              out_col: np.ndarray) -> None:
-    """:func:`kth_draws` into ``out_val`` (float64) and ``out_col``, with the arguments of
-    :func:`draw_arguments`: the rows shared among ``threads`` threads (numba's count, set by
-    the caller: :class:`smoothtopk._numba.parallel_threads`) in blocks of a few rows each, or
-    one thread. A Python function: numba's cache of a compiled caller in another module
-    would not notice changes to this module's kernel (a cached compiled version of the
-    fused hinge, calling it, crashed once loaded)."""
+def _draw_rows(x: np.ndarray, k: int, eps: float, n_samples: int, m: int, seed: np.uint64,
+               perturbed: np.ndarray, given: bool, threads: int, out_val: np.ndarray,
+               out_col: np.ndarray) -> None:
+    """The draws into ``out_val`` (float64) and ``out_col``: the rows shared among
+    ``threads`` threads (numba's count, set by the caller:
+    :class:`smoothtopk._numba.parallel_threads`) in blocks of a few rows each, or one
+    thread. A Python function: numba's cache of a compiled caller in another module would
+    not notice changes to this module's kernel (a cached compiled version of the fused
+    hinge, calling it, crashed once loaded)."""
     if threads > 1:
         _rows_parallel(x, k, eps, n_samples, m, seed, perturbed, given,
                        min(x.shape[0], 4 * threads), out_val, out_col)
@@ -1431,30 +1424,30 @@ def kth_draws(
     caller) gives the draws instead: each trial of step 3 then reads its answer from them,
     which checks the candidates and the buffer logic draw by draw (not the sampling).
     """
-    given = perturbed is not None
-    args, out_val, out_col = draw_arguments(x, k, epsilon, n_samples, n_candidates, seed,
-                                            perturbed)
-    with parallel_threads(min(threads, x.shape[0])) as threads:
-        draw_rows(*args, given, threads, out_val, out_col)
-    return out_val.astype(x.dtype, copy=False), out_col
+    values, columns = kth_draws_float64(x, k, epsilon, n_samples, n_candidates, seed,
+                                        perturbed, threads)
+    return values.astype(x.dtype, copy=False), columns
 
 
 #: The kernel's ``perturbed`` argument when no draws are given, per dtype (never read).
 _NO_DRAWS = {np.dtype(t): np.empty((1, 1, 1), dtype=t) for t in (np.float32, np.float64)}
 
 
-def draw_arguments(x: np.ndarray, k: int, epsilon: float, n_samples: int, n_candidates: int,
-                   seed: int, perturbed: np.ndarray | None = None,
-                   ) -> tuple[tuple, np.ndarray, np.ndarray]:
-    """:func:`draw_rows`'s arguments from :func:`kth_draws`'s: ``(x, k, ε, B, M, seed,
-    perturbed)`` (``M >= k``, the seed as 64 unsigned bits, a placeholder when the draws
-    are not given), and its outputs ``out_val``, ``out_col``, allocated."""
+def kth_draws_float64(
+    x: np.ndarray, k: int, epsilon: float, n_samples: int, n_candidates: int, seed: int,
+    perturbed: np.ndarray | None = None, threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kth_draws` with the values in float64, as the kernel computes them, for
+    callers that round them to the dtype of ``x`` in a pass of their own."""
+    given = perturbed is not None
     if perturbed is None:
         perturbed = _NO_DRAWS.get(x.dtype)
     if perturbed is None:  # a dtype the kernel does not take: its own error
         perturbed = np.empty((1, 1, 1), dtype=x.dtype)
     rows = x.shape[0]
-    args = (x, k, float(epsilon), n_samples, max(int(n_candidates), k),
-            np.uint64(seed & (2**64 - 1)), perturbed)
-    return (args, np.empty((rows, n_samples), dtype=np.float64),
-            np.empty((rows, n_samples), dtype=np.int64))
+    values = np.empty((rows, n_samples), dtype=np.float64)
+    columns = np.empty((rows, n_samples), dtype=np.int64)
+    with parallel_threads(min(threads, rows)) as threads:
+        _draw_rows(x, k, float(epsilon), n_samples, max(int(n_candidates), k),
+                   np.uint64(seed & (2**64 - 1)), perturbed, given, threads, values, columns)
+    return values, columns
