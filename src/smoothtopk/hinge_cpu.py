@@ -13,10 +13,11 @@ order of its own: the ``B`` draws, which :func:`weighted_row_sums` adds left to 
 :class:`smoothtopk.ops._SelectedSum` uses it too, so that the fused hinge and the composed
 operators stay bitwise equal; the tests check both against the torch formulas), and a mean
 or sum over the rows, added row by row in float64. :func:`noised_hinge_forward` runs the
-sampler's kernel (:func:`smoothtopk.perturbed_cpu.kth_draws_float64`) and :func:`hinge_forward`'s
-pass with less work between them, for the losses' node that also draws.
-:func:`selected_grad` is the backward of those composed operators (``_SelectedSum``):
-torch's zero-fill and scatter in one pass.
+sampler's kernel (:func:`smoothtopk.perturbed_cpu.kth_draws_float64`) and
+:func:`hinge_forward`'s pass on its float64 draws, for the losses' node that also draws;
+:func:`kth_mean_forward` likewise runs the kernel and :func:`weighted_row_sums`, for the
+operator's node. :func:`selected_grad` is the backward of those composed operators
+(``_SelectedSum``, and the operator's node): torch's zero-fill and scatter in one pass.
 """
 
 from __future__ import annotations
