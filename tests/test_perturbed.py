@@ -703,6 +703,48 @@ def test_levels_lie_below_the_threshold_on_the_grid():
         assert math.isclose(inv_rate, 1.0 / rate, rel_tol=1e-15)
 
 
+@pytest.mark.parametrize("epsilon", [0.05, 1.0, 7.3])
+def test_bucket_levels_step_on_the_grid(epsilon):
+    """``_bucket_level(_bucket_base(T, u, ε), c)``, read off the grid: for every score that
+    the counting sort puts in bucket ``c`` below ``u`` (at the edges of the buckets, within
+    them and in the open-ended last one), the level lies at least 2⁻²⁰ below ``(T − x)/ε``
+    and at most one grid point below ``_level`` of ``(T − top of the bucket)/ε``; with its
+    tail, rate and inverse rate; every trial a proposal when ``T`` lies more than 8ε below
+    ``u``. Thresholds on and next to grid points, far above and below ``u``."""
+    gen = np.random.default_rng(5)
+    grid, slack = perturbed_cpu._GRID_A, perturbed_cpu._GRID_SLACK
+    width, n_buckets = epsilon * perturbed_cpu._BUCKET_WIDTH, perturbed_cpu._BROAD_BUCKETS
+    for _ in range(12):
+        u = float(gen.normal(0.0, 3.0))
+        tops = u - np.arange(n_buckets) * width
+        x = np.concatenate([tops, np.nextafter(tops, -np.inf), np.nextafter(tops, np.inf),
+                            gen.uniform(u - n_buckets * width, u, 2000),
+                            u - gen.uniform(1.0, 40.0, 50) * n_buckets * width])
+        x = x[x < u]
+        bucket = np.empty(x.size, np.uint8)
+        perturbed_cpu._bucket_ids(x, None, x.size, u, 1.0 / width, n_buckets - 1.0, 0,
+                                  bucket)
+        offsets = np.concatenate([gen.uniform(-9.0, 12.0, 6), grid[::97],
+                                  grid[::97] + slack, grid[::97] + 2 * slack,
+                                  np.nextafter(grid[::97] + 2 * slack, -np.inf)])
+        for offset in offsets:
+            t = u + offset * epsilon
+            base = perturbed_cpu._bucket_base(t, u, epsilon)
+            for c in np.unique(bucket):
+                q, inv_log_fail, a_q, rate, inv_rate = perturbed_cpu._bucket_level(base, c)
+                if base < 0:
+                    assert (q, a_q) == (1.0, -math.inf) and (t - u) / epsilon < -8.0 + 2e-6
+                    continue
+                assert (a_q <= (t - x[bucket == c]) / epsilon - slack).all()
+                top = perturbed_cpu._level((t - (u - c * width)) / epsilon)[2]
+                assert a_q >= top - 1.0 / 64.0
+                i = np.searchsorted(grid, a_q)
+                assert grid[i] == a_q
+                assert q == perturbed_cpu._GRID_TAIL[i] and rate == perturbed_cpu._GRID_RATE[i]
+                assert inv_log_fail == perturbed_cpu._GRID_INV_LOG_FAIL[i]
+                assert inv_rate == perturbed_cpu._GRID_INV_RATE[i]
+
+
 @pytest.mark.parametrize("level", [-math.inf, -3.0, -0.5, 0.0, 0.4, 1.5, 4.0, 10.0])
 def test_truncated_gaussians_have_the_truncated_law(level):
     """``_normal_above(a)`` against N(0, 1) conditioned on Z > a: every draw above ``a``, the

@@ -55,7 +55,9 @@ Algorithm, per row (rows in parallel, each with its own random stream):
      N(0, 1) scores with ε = 1), the row's non-candidates are first ordered by score in
      buckets of width ``ε/8`` below ``u`` (a counting sort, once per row): the level of a
      bucket is below ``(T − top of the bucket)/ε``, so that ``q`` is close to every ``p_j``
-     in it, and the high buckets, visited first, raise ``T`` early.
+     in it, and the high buckets, visited first, raise ``T`` early. As the tops of the
+     buckets lie 8 grid steps apart, bucket ``c``'s level is the grid point ``8c`` steps
+     above that of ``(T − u)/ε`` (a table read, with twice the slack).
    * A broad row is ordered so from the outset, by buckets of width ``ε/8`` below the
      row's largest score (at most 128 buckets, so that the open-ended last one stays
      light), but only down to a *cut* ``2.5ε`` below that score (lower when fewer than
@@ -383,6 +385,10 @@ _GRID_A, _GRID_TAIL, _GRID_INV_LOG_FAIL, _GRID_RATE, _GRID_INV_RATE = _grid(
     _GRID_LO, _GRID_HI, int(_GRID_PER_UNIT))
 #: A proposal level lies at least this far below the threshold it serves (float slack).
 _GRID_SLACK = 2.0**-20
+#: Grid points between the levels of consecutive buckets (:func:`_bucket_level`): the tops
+#: of the buckets lie ``ε·_BUCKET_WIDTH`` apart, a whole number of grid steps.
+_BUCKET_STEPS = round(_BUCKET_WIDTH * _GRID_PER_UNIT)
+assert _BUCKET_STEPS == _BUCKET_WIDTH * _GRID_PER_UNIT
 
 
 @njit(inline="always", **_JIT)
@@ -1036,30 +1042,54 @@ def _trial(state, xj, j, eps, level, top_val, top_col, k):
     return state, False
 
 
+@njit(inline="always", **_JIT)
+def _bucket_base(t, u, eps):
+    """The grid index from which :func:`_bucket_level` reads the levels of the buckets below
+    ``u`` at the threshold ``t``: that of :func:`_level` at ``(t − u)/ε − 2⁻²⁰`` (twice the
+    slack, which also covers the buckets' float slack), or −1 below the grid."""
+    return _grid_index((t - u) / eps - _GRID_SLACK)
+
+
+@njit(inline="always", **_JIT)
+def _bucket_level(base, bucket):
+    """The level (:func:`_level`) of the trials in bucket ``bucket`` below ``u``, whose scores
+    are at most ``u − bucket·ε·_BUCKET_WIDTH`` (:func:`_bucket_order`): the grid point
+    ``_BUCKET_STEPS·bucket`` above ``base`` (:func:`_bucket_base`), at most the grid's last.
+    It lies at least 2⁻²⁰ below every ``(T − x_j)/ε`` of the bucket, and at most one grid
+    point below :func:`_level` of ``(T − top of the bucket)/ε``; a table read instead of
+    that float computation at each change of bucket. Every trial is a proposal (``q = 1``)
+    when ``base`` is −1 (``T`` more than 8ε below ``u``)."""
+    if base < 0:
+        return _level(np.nan)
+    i = min(base + _BUCKET_STEPS * bucket, _GRID_A.shape[0] - 1)
+    return (_GRID_TAIL[i], _GRID_INV_LOG_FAIL[i], _GRID_A[i], _GRID_RATE[i],
+            _GRID_INV_RATE[i])
+
+
 @njit(**_JIT)
-def _reveal_buckets(state, row, order, ranked, others, u, width, eps, top_val, top_col, k,
-                    pos):
+def _reveal_buckets(state, row, order, ranked, others, u, eps, top_val, top_col, k, pos):
     """Step 3 over ``order[pos:others]``, classes ordered by buckets of decreasing scores
     below ``u`` (``ranked[p]``: the bucket of ``order[p]``): the level of the bucket at the
-    current position (:func:`_level`), recomputed when the bucket changes or ``T``
+    current position (:func:`_bucket_level`), read again when the bucket changes or ``T``
     rises."""
     current = -1
-    stale = True
-    level = _level(np.nan)  # replaced at once (stale)
-    inv_eps = 1.0 / eps
+    base = _bucket_base(top_val[k - 1], u, eps)
+    level = _level(np.nan)  # replaced at once (current = −1)
     while pos < others:
-        if stale or ranked[pos] != current:
-            current = ranked[pos]  # every class from pos on has x_j <= u − current·width
-            hi = u - current * width * (1.0 - 1e-9)  # float slack: x_j <= hi
-            level = _level((top_val[k - 1] - hi) * inv_eps)
-            stale = False
+        bucket = int(ranked[pos])
+        if bucket != current:
+            current = bucket
+            level = _bucket_level(base, bucket)
         state, gap = _geometric(state, level, others - pos)
         if pos + gap >= others:
             return state
         pos += int(gap)
         j = order[pos]
         pos += 1
-        state, stale = _trial(state, float(row[j]), j, eps, level, top_val, top_col, k)
+        state, rose = _trial(state, float(row[j]), j, eps, level, top_val, top_col, k)
+        if rose:
+            base = _bucket_base(top_val[k - 1], u, eps)
+            current = -1
     return state
 
 
@@ -1221,8 +1251,8 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
                 if _beats(v, j, top_val[k - 1], top_col[k - 1]):
                     _insert(top_val, top_col, k, v, j)
         else:
-            state = _reveal_buckets(state, row, order, ranked, n_sorted, top, width, eps,
-                                    top_val, top_col, k, full)
+            state = _reveal_buckets(state, row, order, ranked, n_sorted, top, eps, top_val,
+                                    top_col, k, full)
             if n_rest:
                 level = _level((top_val[k - 1] - cut) / eps)
                 if not extended and level[0] * n_rest * (n_samples - b) > _REST_EXTEND:
@@ -1235,7 +1265,7 @@ def _broad_row(row, r, k, eps, n_samples, top, state, perturbed, given, out_val,
                         band_top, cut = cut, lo
             if n_band:
                 state = _reveal_buckets(state, row, order[n_sorted:], ranked[n_sorted:],
-                                        n_band, band_top, width, eps, top_val, top_col, k, 0)
+                                        n_band, band_top, eps, top_val, top_col, k, 0)
                 level = _level((top_val[k - 1] - cut) / eps)
             if n_rest:
                 state, gap = _geometric(state, level, n_rest)
@@ -1326,8 +1356,8 @@ def _row(row, r, k, eps, n_samples, m, state, perturbed, given, out_val, out_col
                               ranked, bucket, tally)
                 sorted_ = True
             if sorted_:
-                state = _reveal_buckets(state, row, order, ranked, others, u, width, eps,
-                                        top_val, top_col, k, 0)
+                state = _reveal_buckets(state, row, order, ranked, others, u, eps, top_val,
+                                        top_col, k, 0)
             else:  # usually no proposal at all: the first gap passes the end of the row
                 state, gap = _geometric(state, level, cols)
                 if gap < cols:
