@@ -729,7 +729,7 @@ def test_bucket_levels_step_on_the_grid(epsilon):
                                   np.nextafter(grid[::97] + 2 * slack, -np.inf)])
         for offset in offsets:
             t = u + offset * epsilon
-            base = perturbed_cpu._bucket_base(t, u, epsilon)
+            base = perturbed_cpu._bucket_base(t, u, 1.0 / epsilon)
             for c in np.unique(bucket):
                 q, inv_log_fail, a_q, rate, inv_rate = perturbed_cpu._bucket_level(base, c)
                 if base < 0:

@@ -406,16 +406,22 @@ def _grid_index(a):
 
 
 @njit(inline="always", **_JIT)
+def _level_at(i):
+    """The level of :func:`_level` at grid index ``i``, or that of ``a_q = −∞`` for
+    ``i < 0``."""
+    if i < 0:  # every trial is a proposal of an unconditioned Z
+        return 1.0, -0.0, -np.inf, 0.0, 0.0
+    return (_GRID_TAIL[i], _GRID_INV_LOG_FAIL[i], _GRID_A[i], _GRID_RATE[i],
+            _GRID_INV_RATE[i])
+
+
+@njit(inline="always", **_JIT)
 def _level(a):
     """The proposal level of trials whose thresholds ``(T − x_j)/ε`` are all ``>= a``, as a
     tuple ``(q, 1/log(1 − q), a_q, rate, 1/rate)`` with ``a_q`` the largest grid point
     ``<= a − 2⁻²⁰`` (:func:`_grid_index`; ``−∞`` below the grid or for a NaN),
     ``q = Φ̄(a_q)`` and Robert's rate above ``a_q`` (:func:`_normal_above`)."""
-    i = _grid_index(a)
-    if i < 0:  # every trial is a proposal of an unconditioned Z
-        return 1.0, -0.0, -np.inf, 0.0, 0.0
-    return (_GRID_TAIL[i], _GRID_INV_LOG_FAIL[i], _GRID_A[i], _GRID_RATE[i],
-            _GRID_INV_RATE[i])
+    return _level_at(_grid_index(a))
 
 
 @njit(inline="always", **_JIT)
@@ -1043,11 +1049,12 @@ def _trial(state, xj, j, eps, level, top_val, top_col, k):
 
 
 @njit(inline="always", **_JIT)
-def _bucket_base(t, u, eps):
+def _bucket_base(t, u, inv_eps):
     """The grid index from which :func:`_bucket_level` reads the levels of the buckets below
-    ``u`` at the threshold ``t``: that of :func:`_level` at ``(t − u)/ε − 2⁻²⁰`` (twice the
-    slack, which also covers the buckets' float slack), or −1 below the grid."""
-    return _grid_index((t - u) / eps - _GRID_SLACK)
+    ``u`` at the threshold ``t`` (``inv_eps = 1/ε``): that of :func:`_level` at
+    ``(t − u)/ε − 2⁻²⁰`` (twice the slack, which also covers the buckets' float slack), or
+    −1 below the grid."""
+    return _grid_index((t - u) * inv_eps - _GRID_SLACK)
 
 
 @njit(inline="always", **_JIT)
@@ -1060,10 +1067,8 @@ def _bucket_level(base, bucket):
     that float computation at each change of bucket. Every trial is a proposal (``q = 1``)
     when ``base`` is −1 (``T`` more than 8ε below ``u``)."""
     if base < 0:
-        return _level(np.nan)
-    i = min(base + _BUCKET_STEPS * bucket, _GRID_A.shape[0] - 1)
-    return (_GRID_TAIL[i], _GRID_INV_LOG_FAIL[i], _GRID_A[i], _GRID_RATE[i],
-            _GRID_INV_RATE[i])
+        return _level_at(-1)
+    return _level_at(min(base + _BUCKET_STEPS * bucket, _GRID_A.shape[0] - 1))
 
 
 @njit(**_JIT)
@@ -1073,7 +1078,8 @@ def _reveal_buckets(state, row, order, ranked, others, u, eps, top_val, top_col,
     current position (:func:`_bucket_level`), read again when the bucket changes or ``T``
     rises."""
     current = -1
-    base = _bucket_base(top_val[k - 1], u, eps)
+    inv_eps = 1.0 / eps
+    base = _bucket_base(top_val[k - 1], u, inv_eps)
     level = _level(np.nan)  # replaced at once (current = −1)
     while pos < others:
         bucket = int(ranked[pos])
@@ -1088,7 +1094,7 @@ def _reveal_buckets(state, row, order, ranked, others, u, eps, top_val, top_col,
         pos += 1
         state, rose = _trial(state, float(row[j]), j, eps, level, top_val, top_col, k)
         if rose:
-            base = _bucket_base(top_val[k - 1], u, eps)
+            base = _bucket_base(top_val[k - 1], u, inv_eps)
             current = -1
     return state
 
